@@ -1,0 +1,193 @@
+"""A build from start to finish: plan, host check, backend, manifest,
+checksum, and an atomic move of the results next to the output path."""
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import tempfile
+import time
+
+from . import __version__, backends, elements, host, imagefs, log
+from .cleanup import release_workdir
+from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
+                       venv_packages)
+from .errors import BuildError
+from .plan import BuildPlan, check_inputs, make_plan
+from .runner import run
+
+AGENT_VENV = "/opt/guest-agent-venv"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("TROVE_IMAGE_BUILDER_CACHE") or \
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trove-image-builder"
+    return Path(base)
+
+
+def plan_for(profile, output=None, extra_paths=(), known=None) -> BuildPlan:
+    known = known if known is not None else elements.discover(extra_paths)
+    return make_plan(profile, output, known, extra_paths)
+
+
+def sidecars(output: Path) -> dict[str, Path]:
+    return {"manifest": output.with_name(output.name + ".manifest.json"),
+            "sha256": output.with_name(output.name + ".sha256"),
+            "log": output.with_name(output.name + ".log")}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM behaves like Ctrl-C, so that the same cleanup runs."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tool_versions() -> dict:
+    versions = {"trove-image-builder": __version__}
+    try:
+        from importlib.metadata import version
+        versions["diskimage-builder"] = version("diskimage-builder")
+    except Exception:  # noqa: BLE001 - not installed: say so
+        versions["diskimage-builder"] = None
+    proc = run(["qemu-img", "--version"], check=False)
+    versions["qemu-img"] = (proc.stdout or "").split("\n")[0].replace("qemu-img version ", "")
+    return versions
+
+
+def read_contents(image: Path, plan: BuildPlan) -> dict:
+    """What the image really holds, read from its file system."""
+    prof = plan.profile
+    with imagefs.mounted(image) as root:
+        packages = dpkg_packages(root)
+        release = os_release(root)
+        units = enabled_units(root)
+        agent_pkgs = venv_packages(root, AGENT_VENV)
+        entry = (root / AGENT_VENV.lstrip("/") / "bin/trove-guestagent").exists()
+    contents = {
+        "os": {"distro": prof.os.distro, "release": prof.release,
+               "os_release": {k: release.get(k) for k in
+                              ("ID", "VERSION_ID", "VERSION_CODENAME", "PRETTY_NAME")}},
+        "packages": packages,
+        "services_enabled": units,
+        "guest_agent": {"install": prof.guest_agent.install,
+                        "version": agent_pkgs.get("trove"),
+                        "venv": AGENT_VENV if entry else None,
+                        "python_packages": agent_pkgs},
+        "datastore": None,
+    }
+    if prof.datastore is not None:
+        info = elements.datastores(elements.discover())[prof.datastore.name].datastore
+        package = info.package_for(prof.datastore.version or "")
+        installed = packages.get(package)
+        contents["datastore"] = {
+            "name": prof.datastore.name, "version": prof.datastore.version,
+            "runtime": prof.datastore.runtime, "package": package,
+            "package_version": installed,
+            "upstream_version": upstream_version(installed) if installed else None,
+            "service": info.service}
+    return contents
+
+
+def check_contents(contents: dict, plan: BuildPlan) -> None:
+    """Refuse an image that does not hold what the profile asked for."""
+    prof = plan.profile
+    ga = contents["guest_agent"]
+    if prof.guest_agent.install != "none" and not ga["venv"]:
+        raise BuildError(f"the image has no guest agent in {AGENT_VENV}")
+    if prof.guest_agent.install == "release" and ga["version"] != prof.guest_agent.version:
+        raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
+                         f"asks for {prof.guest_agent.version}")
+    ds = contents["datastore"]
+    if ds and ds["runtime"] == "package" and not ds["package_version"]:
+        raise BuildError(f"the image lacks the datastore package {ds['package']}")
+
+
+def build(profile, output=None, extra_paths=(), backend_name=None,
+          verify_hook=None) -> dict:
+    """Build the profile; return the manifest. Raises on failure, leaving
+    nothing at the output path."""
+    known = elements.discover(extra_paths)
+    plan = plan_for(profile, output, extra_paths, known)
+    check_inputs(plan)
+    backend = backends.get(backend_name or profile.backend)
+    host.require(host.checks(backend.tools), "build")
+    out = plan.output.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    cache = cache_dir()
+    side = sidecars(out)
+    try:
+        with _terminate_as_interrupt():
+            if plan.dev_key is not None:
+                with log.step("generate the per-build ssh key", timings, "ssh-key"):
+                    key = workdir / "id_ed25519"
+                    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                         f"trove-image-builder {profile.name} dev key", "-f", str(key)])
+                    env = dict(plan.env)
+                    env["TROVE_DEV_SSH_PUBKEY"] = (workdir / "id_ed25519.pub").read_text().strip()
+                    plan = BuildPlan(**{**plan.__dict__, "env": env})
+            with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
+                          timings, "backend"):
+                image = backend.build(plan, workdir, cache, side["log"], timings)
+            with log.step("read the image's contents", timings, "inspect"):
+                contents = read_contents(image, plan)
+                check_contents(contents, plan)
+            with log.step("checksum", timings, "checksum"):
+                digest = sha256_of(image)
+            timings["total"] = round(time.monotonic() - started, 1)
+            info = imagefs.image_info(image)
+            manifest = {
+                "schema": 1,
+                "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                "image": {"file": out.name, "format": info["format"],
+                          "size_bytes": image.stat().st_size,
+                          "virtual_size_bytes": info.get("virtual-size"),
+                          "sha256": digest},
+                "profile": {"name": profile.name, "source": profile.source,
+                            "variant": profile.variant, "digest": profile.digest(),
+                            "resolved": profile.to_dict()},
+                "backend": backend.name,
+                "elements": list(plan.elements),
+                "tools": _tool_versions(),
+                "host": {"partition_route": host.partition_route()},
+                **contents,
+                "dev_ssh_key": str(plan.dev_key) if plan.dev_key else None,
+                "timings": timings,
+            }
+            (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (workdir / "image.sha256").write_text(f"{digest}  {out.name}\n")
+            if verify_hook is not None:
+                verify_hook(image, manifest)
+            # Side files first, the image last: an image at the output path
+            # always comes with its own manifest and checksum.
+            os.replace(workdir / "manifest.json", side["manifest"])
+            os.replace(workdir / "image.sha256", side["sha256"])
+            if plan.dev_key is not None:
+                os.replace(workdir / "id_ed25519", plan.dev_key)
+                os.replace(workdir / "id_ed25519.pub", plan.dev_key.with_name(
+                    plan.dev_key.name + ".pub"))
+            os.replace(image, out)
+            return manifest
+    finally:
+        release_workdir(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""The trove-image-builder command line: parse, call the library, print."""
+import functools
+import json
+import shlex
+import sys
+
+import click
+import yaml
+
+from . import __version__, backends, build as build_mod, elements, host, profile as profiles
+from .errors import TroveImageBuilderError
+
+
+class CommandError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def handle_errors(func):
+    """Library errors become 'Error: ...' and their exit code; no traceback
+    unless --debug."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug")
+        try:
+            return func(*args, **kwargs)
+        except TroveImageBuilderError as exc:
+            if debug:
+                raise
+            raise CommandError(exc.message, exc.exit_code) from exc
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            raise CommandError("interrupted; nothing was written to the output path", 130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                raise
+            raise CommandError(f"internal error: {type(exc).__name__}: {exc} "
+                               "(run with --debug for the traceback)", 1) from exc
+    return wrapper
+
+
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Set a template variable, or a setting by its dotted "
+                               "name (e.g. image.size=6G).")
+elements_path_option = click.option(
+    "--elements-path", "extra_paths", multiple=True, type=click.Path(),
+    help="Another folder of DIB elements (repeatable).")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="trove-image-builder")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(debug):
+    """Build OpenStack Trove guest images from YAML profiles."""
+
+
+@main.group("profiles")
+def profiles_group():
+    """List and show the shipped profiles."""
+
+
+@profiles_group.command("list")
+@handle_errors
+def profiles_list():
+    """List the shipped profiles with their description."""
+    for name, path in profiles.available().items():
+        try:
+            desc = profiles.load(name).description
+        except TroveImageBuilderError as exc:
+            desc = f"(invalid: {exc.message})"
+        click.echo(f"{name:24} {desc}")
+
+
+@profiles_group.command("show")
+@click.argument("profile")
+@set_option
+@elements_path_option
+@handle_errors
+def profiles_show(profile, sets, extra_paths):
+    """Print PROFILE (a name or a YAML path) fully rendered and validated."""
+    prof = profiles.load(profile, sets, known_elements=elements.discover(extra_paths))
+    click.echo(f"# {prof.source}\n# digest: {prof.digest()}")
+    click.echo(yaml.safe_dump(prof.to_dict(), sort_keys=False), nl=False)
+
+
+@profiles_group.command("settings")
+def profiles_settings():
+    """List every profile setting with its allowed values."""
+    for name, allowed, help_text in profiles.describe_settings():
+        click.echo(f"{name:24} {allowed:36} {help_text}")
+
+
+@main.group("elements")
+def elements_group():
+    """List the DIB elements."""
+
+
+@elements_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Also list diskimage-builder's own.")
+@elements_path_option
+@handle_errors
+def elements_list(show_all, extra_paths):
+    """List the shipped elements with their one-line description."""
+    for el in elements.discover(extra_paths).values():
+        if el.origin == "dib" and not show_all:
+            continue
+        tag = f" [datastore: {el.datastore.name}]" if el.datastore else ""
+        origin = "" if el.origin == "shipped" else f" ({el.origin})"
+        click.echo(f"{el.name:20} {el.description}{tag}{origin}")
+
+
+@main.command("check")
+@click.option("--backend", default="dib", show_default=True, help="Backend to check for.")
+@handle_errors
+def check(backend):
+    """Check the host: tools, root, loop devices, partition route, KVM or TCG."""
+    found = host.checks(backends.get(backend).tools)
+    for c in found:
+        mark = "ok  " if c.ok else "FAIL"
+        click.echo(f"{mark} {c.name:22} {c.detail}" + (f"  -> {c.fix}" if c.fix else ""))
+    host.require(found, "build")
+
+
+@main.command("build")
+@click.argument("profile")
+@click.option("-o", "--output", type=click.Path(), help="Image path (default out/NAME.FORMAT).")
+@click.option("--backend", type=click.Choice(backends.names()), default=None,
+              help="Backend (default: the profile's).")
+@click.option("--dry-run", is_flag=True, help="Print the command and environment; build nothing.")
+@set_option
+@elements_path_option
+@handle_errors
+def build(profile, output, backend, dry_run, sets, extra_paths):
+    """Build PROFILE (a name or a YAML path) into a disk image."""
+    known = elements.discover(extra_paths)
+    prof = profiles.load(profile, sets, known_elements=known)
+    if dry_run:
+        plan = build_mod.plan_for(prof, output, extra_paths, known)
+        back = backends.get(backend or prof.backend)
+        argv, env = back.command(plan, build_mod.cache_dir() / "work" / "BUILD",
+                                 build_mod.cache_dir())
+        for key in sorted(env):
+            click.echo(f"export {key}={shlex.quote(env[key])}")
+        click.echo(shlex.join(argv))
+        return
+    manifest = build_mod.build(prof, output, extra_paths, backend)
+    click.echo(json.dumps({"image": str(build_mod.Path(output or
+                                                       build_mod.plan_for(prof).output)),
+                           "sha256": manifest["image"]["sha256"],
+                           "size_bytes": manifest["image"]["size_bytes"],
+                           "seconds": manifest["timings"]["total"]}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

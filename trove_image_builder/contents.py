@@ -1,0 +1,68 @@
+"""Read what is inside an image from its mounted root file system."""
+from pathlib import Path
+import re
+
+
+def dpkg_packages(root: Path) -> dict[str, str]:
+    """Installed Debian packages and their versions (from dpkg's status)."""
+    status = root / "var/lib/dpkg/status"
+    if not status.is_file():
+        return {}
+    packages = {}
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        fields = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
+            packages[fields["Package"]] = fields.get("Version", "")
+    return dict(sorted(packages.items()))
+
+
+def os_release(root: Path) -> dict[str, str]:
+    path = root / "etc/os-release"
+    if not path.exists():
+        path = root / "usr/lib/os-release"
+    data = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                data[key] = value.strip().strip('"')
+    except OSError:
+        pass
+    return data
+
+
+def venv_packages(root: Path, venv: str) -> dict[str, str]:
+    """Python distributions in a virtualenv inside the image."""
+    found = {}
+    for site in (root / venv.lstrip("/")).glob("lib/python3*/site-packages"):
+        for meta in site.glob("*.dist-info/METADATA"):
+            name = version = None
+            for line in meta.read_text(errors="replace").splitlines():
+                if line.startswith("Name: "):
+                    name = line[6:].strip()
+                elif line.startswith("Version: "):
+                    version = line[9:].strip()
+                if name and version:
+                    break
+            if name:
+                found[name.lower()] = version or ""
+    return dict(sorted(found.items()))
+
+
+def enabled_units(root: Path) -> list[str]:
+    """systemd units enabled in the image (symlinks in *.wants folders)."""
+    units = set()
+    for wants in (root / "etc/systemd/system").glob("*.wants"):
+        for link in wants.iterdir():
+            units.add(link.name)
+    return sorted(units)
+
+
+def upstream_version(debian_version: str) -> str:
+    """'1:10.11.6-0+deb12u1' -> '10.11.6'."""
+    version = debian_version.split(":", 1)[-1]
+    return re.split(r"[-+~]", version, maxsplit=1)[0]

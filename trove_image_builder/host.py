@@ -1,0 +1,127 @@
+"""Check the build host before the work: tools, root, loop devices, the
+partition route (device-mapper or the partx stand-ins) and the accelerator
+qemu and libguestfs can use (KVM, or TCG when KVM is missing or broken).
+"""
+from dataclasses import dataclass
+import functools
+import os
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+import time
+
+from .errors import HostError
+
+SHIMS_DIR = Path(__file__).resolve().parent / "hostshims"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    needed_for: str = "build"
+
+
+def tool_path() -> str:
+    """PATH for child processes: this environment's bin first, so that the
+    diskimage-builder installed beside us is found even when not activated."""
+    here = str(Path(sys.executable).parent)
+    rest = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    parts = [here] + [p for p in rest.split(":") if p and p != here]
+    for sbin in ("/usr/sbin", "/sbin"):
+        if sbin not in parts:
+            parts.append(sbin)
+    return ":".join(parts)
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool, path=tool_path())
+
+
+def device_mapper_usable() -> bool:
+    return (Path("/dev/mapper/control").exists() and which("kpartx") is not None
+            and which("dmsetup") is not None)
+
+
+def partition_route() -> str:
+    """'device-mapper' (kpartx as DIB expects) or 'partx' (our stand-ins)."""
+    return "device-mapper" if device_mapper_usable() else "partx"
+
+
+def shim_dir_needed() -> bool:
+    """The stand-ins go first on DIB's PATH without device-mapper, or when
+    there is no sudo at all (we build as root)."""
+    return partition_route() == "partx" or which("sudo") is None
+
+
+@functools.lru_cache(maxsize=1)
+def kvm_status() -> tuple[bool, str]:
+    """Whether qemu can really run a KVM vCPU here, and why not."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    qemu = which("qemu-system-x86_64")
+    if qemu is None:
+        return False, "qemu-system-x86_64 is not installed"
+    proc = subprocess.Popen(
+        [qemu, "-accel", "kvm", "-cpu", "host", "-display", "none", "-nodefaults",
+         "-no-reboot", "-S", "-monitor", "none", "-serial", "none"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = (proc.stderr.read() or "").strip().splitlines()
+            return False, "KVM is present but unusable: " + (err[0] if err else
+                                                             f"qemu exited {proc.returncode}")
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    return True, "KVM vCPU started"
+
+
+def accelerator() -> str:
+    return "kvm" if kvm_status()[0] else "tcg"
+
+
+def libguestfs_env() -> dict:
+    """Environment for libguestfs: force TCG when KVM cannot be used."""
+    return {} if accelerator() == "kvm" else {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+
+
+def _tool(name: str, needed_for: str, package: str) -> Check:
+    path = which(name)
+    return Check(f"tool {name}", path is not None, path or "not found",
+                 "" if path else f"install '{package}' (scripts/install does)", needed_for)
+
+
+def checks(backend_tools=()) -> list[Check]:
+    out = []
+    root = os.geteuid() == 0
+    out.append(Check("root", root, "running as root" if root else "not root",
+                     "" if root else "run as root: DIB mounts and loop devices need it"))
+    loop = Path("/dev/loop-control").exists()
+    out.append(Check("loop devices", loop, "/dev/loop-control present" if loop else
+                     "/dev/loop-control missing", "" if loop else "load the 'loop' module"))
+    for name, package, needed in backend_tools:
+        out.append(_tool(name, needed, package))
+    route = partition_route()
+    out.append(Check(
+        "partition route", True,
+        "device-mapper (kpartx)" if route == "device-mapper" else
+        "partx stand-ins for kpartx/dmsetup: no device-mapper on this host "
+        "(only on the build's own PATH; the host is not changed)"))
+    kvm, why = kvm_status()
+    out.append(Check("accelerator", True,
+                     "kvm" if kvm else f"tcg (software emulation; {why})",
+                     needed_for="boot, libguestfs"))
+    return out
+
+
+def require(found: list[Check], needed_for: str) -> None:
+    """Raise HostError naming every failed check that the work needs."""
+    missing = [c for c in found if not c.ok and needed_for in c.needed_for]
+    if missing:
+        lines = "; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in missing)
+        raise HostError(f"this host cannot {needed_for}: {lines}")

@@ -1,0 +1,109 @@
+"""Mount a disk image's root file system read-only, with no boot and no
+device-mapper or nbd: qemu-storage-daemon exports a qcow2 as a raw file over
+FUSE (read-only), and the root partition is loop-mounted from it."""
+import contextlib
+import json
+from pathlib import Path
+import shutil
+import subprocess
+import tempfile
+import time
+
+from . import host
+from .errors import BuildError, InputError
+from .runner import run
+
+
+def image_info(image: Path) -> dict:
+    proc = run(["qemu-img", "info", "--output=json", "-U", str(image)])
+    return json.loads(proc.stdout)
+
+
+@contextlib.contextmanager
+def _raw_view(image: Path, fmt: str, tmp: Path):
+    if fmt == "raw":
+        yield image
+        return
+    raw = tmp / "disk.raw"
+    raw.touch()
+    qsd = host.which("qemu-storage-daemon")
+    if qsd is None:
+        raise BuildError("qemu-storage-daemon not found; install 'qemu-system-common' "
+                         "(scripts/install does)")
+    proc = subprocess.Popen(
+        [qsd,
+         "--blockdev", f"driver=file,node-name=file,filename={image},read-only=on",
+         "--blockdev", f"driver={fmt},node-name=disk,file=file,read-only=on",
+         "--export", f"type=fuse,id=exp,node-name=disk,mountpoint={raw},writable=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while raw.stat().st_size == 0:
+            if proc.poll() is not None:
+                raise BuildError(f"qemu-storage-daemon could not export {image}: "
+                                 f"{proc.stderr.read().strip()}")
+            if time.monotonic() > deadline:
+                raise BuildError(f"qemu-storage-daemon did not export {image} in 30 s")
+            time.sleep(0.05)
+        yield raw
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if raw.is_mount():
+            subprocess.run(["umount", "-l", str(raw)], capture_output=True)
+
+
+def partitions(raw: Path) -> list[dict]:
+    """Partitions as [{'start': bytes, 'size': bytes, 'type': str}], or
+    one covering the whole file when there is no partition table."""
+    proc = run(["sfdisk", "--json", str(raw)], check=False)
+    if proc.returncode != 0:
+        return [{"start": 0, "size": raw.stat().st_size, "type": "none"}]
+    table = json.loads(proc.stdout)["partitiontable"]
+    sector = table.get("sectorsize", 512)
+    return [{"start": p["start"] * sector, "size": p["size"] * sector,
+             "type": str(p.get("type", ""))} for p in table.get("partitions", [])]
+
+
+@contextlib.contextmanager
+def mounted(image: Path):
+    """Yield the image's root file system, mounted read-only."""
+    image = Path(image).resolve()
+    if not image.is_file():
+        raise InputError(f"{image}: no such image file")
+    fmt = image_info(image)["format"]
+    tmp = Path(tempfile.mkdtemp(prefix="tib-mount-"))
+    mnt = tmp / "root"
+    mnt.mkdir()
+    loop = None
+    try:
+        with _raw_view(image, fmt, tmp) as raw:
+            try:
+                for part in sorted(partitions(raw), key=lambda p: -p["size"]):
+                    loop = run(["losetup", "--find", "--show", "--read-only",
+                                "--offset", str(part["start"]),
+                                "--sizelimit", str(part["size"]), str(raw)]).stdout.strip()
+                    ok = run(["mount", "-o", "ro,noload", loop, str(mnt)],
+                             check=False).returncode == 0
+                    if not ok:
+                        ok = run(["mount", "-o", "ro", loop, str(mnt)],
+                                 check=False).returncode == 0
+                    if ok and (mnt / "etc").is_dir():
+                        break
+                    if ok:
+                        run(["umount", str(mnt)], check=False)
+                    run(["losetup", "-d", loop], check=False)
+                    loop = None
+                else:
+                    raise BuildError(f"{image}: no partition holds a root file system")
+                yield mnt
+            finally:
+                if loop is not None:
+                    run(["umount", str(mnt)], check=False)
+                    run(["losetup", "-d", loop], check=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

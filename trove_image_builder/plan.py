@@ -1,0 +1,106 @@
+"""From a validated Profile to a build plan: which elements, which
+variables, which image. Backends execute a plan; they do not read profiles.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+from .elements import Element, datastores, search_path
+from .errors import InputError
+from .profile import DISTROS, Profile
+
+# Set at build time (a per-build key); shown this way by --dry-run.
+DEV_KEY_PLACEHOLDER = "<per-build key, generated at build time>"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    profile: Profile
+    elements: tuple
+    env: dict
+    packages: tuple
+    elements_path: tuple
+    output: Path
+    arch: str = "amd64"
+    dev_key: Path | None = None
+
+    @property
+    def size_gib(self) -> str:
+        return self.profile.image.size.rstrip("G")
+
+
+def default_output(profile: Profile) -> Path:
+    return Path("out") / f"{profile.name}.{profile.image.format}"
+
+
+def dev_key_path(output: Path) -> Path:
+    return output.with_name(output.name.rsplit(".", 1)[0] + ".id_ed25519")
+
+
+def _os_env(profile: Profile) -> dict:
+    env = {"DIB_RELEASE": profile.release}
+    if profile.os.mirror:
+        env["DIB_DISTRIBUTION_MIRROR"] = profile.os.mirror
+    if profile.os.security_mirror:
+        env["DIB_DEBIAN_SECURITY_MIRROR"] = profile.os.security_mirror
+    return env
+
+
+def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
+              extra_paths=()) -> BuildPlan:
+    """Elements in the order DIB is given them, and their variables."""
+    output = Path(output) if output else default_output(profile)
+    distro = DISTROS[profile.os.distro]
+    elements = [distro.element, "vm", "block-device-mbr", "trove-guest"]
+    env = _os_env(profile)
+    env["DIB_CLOUD_INIT_DATASOURCES"] = "ConfigDrive, OpenStack"
+    env["TROVE_GUEST_USER"] = profile.guest_user
+
+    ds = profile.datastore
+    if ds is not None:
+        element = datastores(known)[ds.name]
+        elements.append(element.name)
+        env["TROVE_DATASTORE_RUNTIME"] = ds.runtime
+        if ds.version:
+            env["TROVE_DATASTORE_VERSION"] = ds.version
+
+    ga = profile.guest_agent
+    env["TROVE_GUEST_AGENT_INSTALL"] = ga.install
+    if ga.install != "none":
+        elements.append("guest-agent")
+        if ga.install == "release":
+            env["TROVE_GUEST_AGENT_VERSION"] = ga.version
+        else:
+            source = Path(ga.path).expanduser().resolve()
+            env["TROVE_GUEST_AGENT_SOURCE"] = str(source)
+        if ga.pip_index:
+            env["TROVE_GUEST_AGENT_PIP_INDEX"] = ga.pip_index
+
+    dev_key = None
+    if profile.variant == "development":
+        elements.append("dev-access")
+        dev_key = dev_key_path(output)
+        env["TROVE_DEV_SSH_PUBKEY"] = DEV_KEY_PLACEHOLDER
+
+    for name in profile.elements:
+        if name not in elements:
+            elements.append(name)
+    env.update(profile.env)
+    return BuildPlan(
+        profile=profile, elements=tuple(elements), env=env,
+        packages=profile.packages,
+        elements_path=tuple(str(p) for p, origin in search_path(extra_paths)
+                            if origin != "dib"),
+        output=output, dev_key=dev_key)
+
+
+def check_inputs(plan: BuildPlan) -> None:
+    """What can only be checked when a build really starts."""
+    source = plan.env.get("TROVE_GUEST_AGENT_SOURCE")
+    if source and not (Path(source) / "setup.cfg").is_file():
+        raise InputError(
+            f"{plan.profile.source}: guest_agent.path: {source} is not a Trove "
+            "checkout (no setup.cfg); give one with --set trove_source=PATH")
+    fmt = plan.profile.image.format
+    if plan.output.suffix != f".{fmt}":
+        raise InputError(f"-o {plan.output}: the image format is {fmt}; "
+                         f"name the output *.{fmt}")
