@@ -28,9 +28,18 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def host_ca_bundle() -> Path | None:
+    """The CA bundle the host's pip trusts, for pip inside the build."""
+    for var in ("TROVE_IMAGE_BUILDER_CA_BUNDLE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
+        value = os.environ.get(var)
+        if value and Path(value).is_file():
+            return Path(value)
+    return None
+
+
 def plan_for(profile, output=None, extra_paths=(), known=None) -> BuildPlan:
     known = known if known is not None else elements.discover(extra_paths)
-    return make_plan(profile, output, known, extra_paths)
+    return make_plan(profile, output, known, extra_paths, ca_bundle=host_ca_bundle())
 
 
 def sidecars(output: Path) -> dict[str, Path]:

@@ -46,7 +46,7 @@ def _os_env(profile: Profile) -> dict:
 
 
 def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
-              extra_paths=()) -> BuildPlan:
+              extra_paths=(), ca_bundle: Path | None = None) -> BuildPlan:
     """Elements in the order DIB is given them, and their variables."""
     output = Path(output) if output else default_output(profile)
     distro = DISTROS[profile.os.distro]
@@ -74,6 +74,8 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
             env["TROVE_GUEST_AGENT_SOURCE"] = str(source)
         if ga.pip_index:
             env["TROVE_GUEST_AGENT_PIP_INDEX"] = ga.pip_index
+        if ca_bundle:
+            env["TROVE_BUILD_CA_BUNDLE"] = str(ca_bundle)
 
     dev_key = None
     if profile.variant == "development":

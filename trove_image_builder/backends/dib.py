@@ -64,7 +64,8 @@ class DibBackend:
         argv, env = self.command(plan, workdir, cache_dir)
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         (cache_dir / "dib").mkdir(parents=True, exist_ok=True)
-        full_env = dict(os.environ)
+        # The host's pip configuration (PIP_*) is not the image's.
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         full_env.update(env)
         # DIB prints its own timestamps; keep the log complete.
         full_env.setdefault("DIB_QUIET", "0")

@@ -1,0 +1,118 @@
+"""Real builds with diskimage-builder, checked from the outside."""
+import hashlib
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trove_image_builder import imagefs
+from trove_image_builder.cleanup import loops_backed_by
+
+from .conftest import REPO, cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_prod_mariadb_image_is_qcow2_with_checksum(prod_mariadb):
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(prod_mariadb.path)],
+        capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == 4 * 1024 ** 3
+    line = prod_mariadb.path.with_name(prod_mariadb.path.name + ".sha256").read_text()
+    digest, name = line.split()
+    assert name == prod_mariadb.path.name
+    assert hashlib.sha256(prod_mariadb.path.read_bytes()).hexdigest() == digest
+    # the command's own result line on stdout
+    result = json.loads(prod_mariadb.proc.stdout)
+    assert result["sha256"] == digest
+
+
+def test_manifest_lists_what_the_image_holds(prod_mariadb):
+    m = prod_mariadb.manifest
+    assert m["profile"]["name"] == "prod-mariadb"
+    assert m["profile"]["digest"].startswith("sha256:")
+    assert m["guest_agent"]["version"] == "26.0.0"
+    assert m["guest_agent"]["venv"] == "/opt/guest-agent-venv"
+    assert "mariadb-server" in m["packages"]
+    assert m["datastore"]["upstream_version"].startswith("10.11")
+    assert "guest-agent.service" in m["services_enabled"]
+    assert "mariadb.service" in m["services_enabled"]
+    assert m["os"]["os_release"]["VERSION_CODENAME"] == "bookworm"
+    assert m["tools"]["diskimage-builder"]
+    assert m["elements"][:2] == ["debian-minimal", "vm"]
+    assert m["timings"]["total"] > 0
+    assert m["image"]["size_bytes"] == prod_mariadb.path.stat().st_size
+
+
+def test_image_file_system_holds_agent_and_unit(prod_mariadb):
+    before = hashlib.sha256(prod_mariadb.path.read_bytes()).hexdigest()
+    with imagefs.mounted(prod_mariadb.path) as root:
+        agent = root / "opt/guest-agent-venv/bin/trove-guestagent"
+        assert agent.is_file() and os.access(agent, os.X_OK)
+        unit = (root / "etc/systemd/system/guest-agent.service").read_text()
+        assert "trove-guestagent --config-dir=/etc/trove/conf.d" in unit
+        dropin = root / "etc/systemd/system/guest-agent.service.d/10-guest-user.conf"
+        assert "User=trove" in dropin.read_text()
+        assert (root / "etc/systemd/system/multi-user.target.wants/guest-agent.service"
+                ).is_symlink()
+        assert (root / "etc/trove/conf.d").is_dir()
+        # production: no keys or passwords
+        assert not list((root / "etc/ssh").glob("ssh_host_*key"))
+        shadow = {ln.split(":")[0]: ln.split(":")[1]
+                  for ln in (root / "etc/shadow").read_text().splitlines()}
+        assert shadow["trove"].startswith(("!", "*"))
+        assert shadow["root"].startswith(("!", "*"))
+        assert not (root / "home/trove/.ssh/authorized_keys").exists()
+        assert not (root / "tmp/in_target.d/build-ca-bundle.pem").exists()
+    after = hashlib.sha256(prod_mariadb.path.read_bytes()).hexdigest()
+    assert before == after, "mounting must not change the image"
+
+
+def _no_leftovers(folder: Path):
+    assert loops_backed_by(folder) == []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(folder) not in mounts
+    assert not any(p.name.startswith(".") for p in folder.iterdir()), list(folder.iterdir())
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, prod_mariadb):
+    # prod_mariadb first: the bootstrap cache is warm, so mounts exist early.
+    out = tmp_path / "interrupted.qcow2"
+    log = tmp_path / "interrupted.qcow2.log"
+    proc = subprocess.Popen([sys.executable, "-m", "trove_image_builder.cli", "build",
+                             "prod-mariadb", "-o", str(out)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if log.exists() and "/install.d/" in log.read_text(errors="replace"):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1)
+    else:
+        pytest.fail("the build never reached install.d")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "Error: interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_failed_build_says_why_and_leaves_nothing(tmp_path, prod_mariadb):
+    out = tmp_path / "failed.qcow2"
+    proc = cli("build", "prod-mariadb", "-o", str(out),
+               "--set", "packages=[no-such-package-tib]")
+    assert proc.returncode == 1, proc.stderr
+    assert f"Error: disk-image-create failed with exit code 1; full log: {out}.log" \
+        in proc.stderr
+    assert "no-such-package-tib" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    _no_leftovers(tmp_path)

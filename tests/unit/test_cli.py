@@ -1,0 +1,377 @@
+"""The command line, through click's test runner (no subprocess, no build)."""
+import json
+import shlex
+import textwrap
+
+import click
+from click.testing import CliRunner
+import pytest
+import yaml
+
+from trove_image_builder import __version__, build as build_mod, profile as profiles
+from trove_image_builder.cli import main
+from trove_image_builder.errors import BuildError, HostError
+
+SHIPPED = sorted(profiles.available())
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("TROVE_IMAGE_BUILDER_CACHE", str(path))
+    return path
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def assert_error(result, message, exit_code=2):
+    """A clean failure: exit code, exactly one 'Error: ...' line, no traceback."""
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    assert result.stderr == f"Error: {message}\n"
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+def lines(text):
+    return text.splitlines()
+
+
+# --------------------------------------------------------------------------
+# profiles
+
+def test_profiles_list_lists_every_shipped_profile():
+    result = run("profiles", "list")
+    assert result.exit_code == 0, result.output
+    listed = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines(result.stdout)}
+    assert sorted(listed) == SHIPPED
+    for name in SHIPPED:
+        assert listed[name] == profiles.load(name).description
+        assert "invalid" not in listed[name]
+
+
+def test_profiles_list_marks_an_invalid_profile(tmp_path, monkeypatch):
+    (tmp_path / "good.yaml").write_text("name: good\ndescription: fine\n"
+                                        "guest_agent: {install: none}\n")
+    (tmp_path / "broken.yaml").write_text("name: broken\ncolour: blue\n")
+    monkeypatch.setattr(profiles, "profiles_dir", lambda: tmp_path)
+    result = run("profiles", "list")
+    assert result.exit_code == 0, result.output
+    out = lines(result.stdout)
+    assert len(out) == 2
+    assert out[0].startswith("broken ") and "(invalid: " in out[0] and "colour" in out[0]
+    assert out[1].split() == ["good", "fine"]
+
+
+def test_profiles_show_with_set():
+    result = run("profiles", "show", "prod-mariadb", "--set", "image.size=6G")
+    assert result.exit_code == 0, result.output
+    out = lines(result.stdout)
+    expected = profiles.load("prod-mariadb", ["image.size=6G"])
+    assert out[0] == f"# {expected.source}"
+    assert out[1] == f"# digest: {expected.digest()}"
+    shown = yaml.safe_load(result.stdout)
+    assert shown["image"]["size"] == "6G"
+    assert shown["datastore"] == {"name": "mariadb", "version": "10.11", "runtime": "package"}
+    assert shown == expected.to_dict()
+
+
+def test_profiles_show_output_loads_back_to_the_same_profile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("profiles", "show", "prod-postgresql")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "again.yaml").write_text(result.stdout)
+    again = run("profiles", "show", "again.yaml")
+    assert again.exit_code == 0, again.output
+    assert lines(again.stdout)[1] == lines(result.stdout)[1]  # same digest
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_profiles_show_every_shipped_profile(name):
+    result = run("profiles", "show", name)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.stdout)["name"] == name
+
+
+def test_profiles_settings():
+    result = run("profiles", "settings")
+    assert result.exit_code == 0
+    rows = {ln.split()[0]: ln for ln in lines(result.stdout)}
+    assert "qcow2 | raw | vhd" in rows["image.format"]
+    assert set(rows) == {name for name, _a, _h in profiles.describe_settings()}
+
+
+# --------------------------------------------------------------------------
+# elements
+
+def test_elements_list_shows_the_shipped_elements():
+    result = run("elements", "list")
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln for ln in lines(result.stdout)}
+    assert {"trove-guest", "guest-agent", "mariadb", "postgresql", "dev-access"} <= set(rows)
+    assert rows["mariadb"].endswith("[datastore: mariadb]")
+    assert rows["postgresql"].endswith("[datastore: postgresql]")
+    assert "[datastore" not in rows["trove-guest"]
+    assert "The MariaDB datastore for Trove." in rows["mariadb"]
+    # diskimage-builder's own only with --all
+    assert "vm" not in rows and "debian-minimal" not in rows
+
+
+def test_elements_list_all_includes_dibs():
+    result = run("elements", "list", "--all")
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln for ln in lines(result.stdout)}
+    assert rows["vm"].endswith("(dib)")
+    assert rows["debian-minimal"].endswith("(dib)")
+    assert not rows["mariadb"].endswith(")")
+
+
+def test_elements_list_with_a_user_folder(tmp_path):
+    folder = tmp_path / "mine" / "redis"
+    folder.mkdir(parents=True)
+    (folder / "README.rst").write_text("=====\nredis\n=====\nRedis for Trove.\n")
+    (folder / "datastore.yaml").write_text(textwrap.dedent("""
+        name: redis
+        runtimes: [package]
+        package: redis-server
+        service: redis-server
+        data_dir: /var/lib/redis
+    """))
+    result = run("elements", "list", "--elements-path", str(tmp_path / "mine"))
+    assert result.exit_code == 0, result.output
+    rows = {ln.split()[0]: ln for ln in lines(result.stdout)}
+    assert rows["redis"].split(None, 1)[1] == "Redis for Trove. [datastore: redis] (user)"
+
+
+def test_elements_list_missing_folder(tmp_path):
+    missing = tmp_path / "nope"
+    assert_error(run("elements", "list", "--elements-path", str(missing)),
+                 f"--elements-path {missing}: no such folder")
+
+
+# --------------------------------------------------------------------------
+# build --dry-run
+
+def dry_run_output(result):
+    exports, commands = {}, []
+    for ln in lines(result.stdout):
+        if ln.startswith("export "):
+            key, _, value = ln[len("export "):].partition("=")
+            exports[key] = shlex.split(value)[0] if value else ""
+        else:
+            commands.append(shlex.split(ln))
+    return exports, commands
+
+
+def test_build_dry_run_prints_the_command(cache, shipped_elements_dir):
+    result = run("build", "prod-mariadb", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert any(ln.startswith("export ELEMENTS_PATH=") for ln in lines(result.stdout))
+    exports, commands = dry_run_output(result)
+    assert len(commands) == 1
+    argv = commands[0]
+    assert argv[0] == "disk-image-create"
+    assert argv[-6:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
+                         "mariadb", "guest-agent"]
+    assert str(shipped_elements_dir) in exports["ELEMENTS_PATH"].split(":")
+    assert exports["DIB_RELEASE"] == "bookworm"
+    assert exports["TMP_DIR"] == str(cache / "work" / "BUILD" / "tmp")
+    assert exports["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
+    # a dry run builds nothing and makes no folders
+    assert not cache.exists()
+
+
+def test_build_dry_run_with_set(cache):
+    result = run("build", "prod-mariadb", "--dry-run", "--set", "image.size=6G",
+                 "--set", "image.compression=none")
+    assert result.exit_code == 0, result.output
+    _exports, [argv] = dry_run_output(result)
+    assert argv[argv.index("--image-size") + 1] == "6"
+    assert "-u" in argv
+
+
+def test_build_dry_run_dev_profile_shows_the_key_placeholder(cache):
+    result = run("build", "dev-mariadb", "--dry-run", "--set", "trove_source=/src/trove")
+    assert result.exit_code == 0, result.output
+    exports, [argv] = dry_run_output(result)
+    assert exports["TROVE_DEV_SSH_PUBKEY"] == "<per-build key, generated at build time>"
+    assert exports["TROVE_GUEST_AGENT_SOURCE"] == "/src/trove"
+    assert argv[-1] == "dev-access"
+
+
+def test_build_dry_run_with_the_named_backend(cache):
+    result = run("build", "prod-mariadb", "--dry-run", "--backend", "dib")
+    assert result.exit_code == 0, result.output
+
+
+# --------------------------------------------------------------------------
+# build (the library's build replaced at the seam)
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    calls = []
+
+    def fake(profile, output=None, extra_paths=(), backend_name=None):
+        calls.append((profile.name, output, tuple(extra_paths), backend_name))
+        if isinstance(fake.raises, BaseException):
+            raise fake.raises
+        return {"image": {"sha256": "ab" * 32, "size_bytes": 1234},
+                "timings": {"total": 12.5}}
+    fake.raises = None
+    fake.calls = calls
+    monkeypatch.setattr(build_mod, "build", fake)
+    return fake
+
+
+def test_build_prints_a_json_summary(fake_build):
+    result = run("build", "prod-mariadb", "--set", "image.size=6G")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "image": "out/prod-mariadb.qcow2", "sha256": "ab" * 32,
+        "size_bytes": 1234, "seconds": 12.5}
+    assert fake_build.calls == [("prod-mariadb", None, (), None)]
+
+
+def test_build_with_output_and_backend(fake_build, tmp_path):
+    out = tmp_path / "x.qcow2"
+    result = run("build", "prod-mariadb", "-o", str(out), "--backend", "dib")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["image"] == str(out)
+    assert fake_build.calls == [("prod-mariadb", str(out), (), "dib")]
+
+
+@pytest.mark.xfail(strict=True, reason="package bug: cli.build prints the default "
+                   "output with plan_for(prof), which forgets --elements-path, so a "
+                   "datastore from a user folder ends in 'internal error: KeyError' "
+                   "after a successful build")
+def test_build_summary_with_a_user_datastore(fake_build, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "mine" / "redis"
+    folder.mkdir(parents=True)
+    (folder / "datastore.yaml").write_text(
+        "name: redis\nruntimes: [package]\npackage: redis-server\n"
+        "service: redis-server\ndata_dir: /var/lib/redis\n")
+    (tmp_path / "r.yaml").write_text("extends: prod-mariadb\nname: r\n"
+                                     "datastore: {name: redis, version: '7'}\n")
+    result = run("build", "r.yaml", "--elements-path", "mine")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["image"] == "out/r.qcow2"
+
+
+@pytest.mark.parametrize("exc, code, message", [
+    (HostError("this host cannot build: root: not root"), 3,
+     "this host cannot build: root: not root"),
+    (BuildError("disk-image-create failed with exit code 1"), 1,
+     "disk-image-create failed with exit code 1"),
+    (KeyboardInterrupt(), 130, "interrupted; nothing was written to the output path"),
+    (RuntimeError("boom"), 1,
+     "internal error: RuntimeError: boom (run with --debug for the traceback)"),
+])
+def test_build_failures_become_exit_codes(fake_build, exc, code, message):
+    fake_build.raises = exc
+    assert_error(run("build", "prod-mariadb"), message, exit_code=code)
+
+
+def test_debug_shows_the_library_error(fake_build):
+    fake_build.raises = BuildError("failed")
+    result = run("--debug", "build", "prod-mariadb")
+    assert isinstance(result.exception, BuildError)
+
+
+# --------------------------------------------------------------------------
+# errors: exit code 2, one 'Error:' line, no traceback
+
+def test_show_unknown_profile():
+    names = ", ".join(SHIPPED)
+    assert_error(run("profiles", "show", "nosuch"),
+                 f"no profile named 'nosuch'; available: {names} "
+                 "(see 'trove-image-builder profiles list')")
+
+
+def test_show_malformed_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("name: bad\nguest_agent: {install: none}\n"
+                                       "image: size: 4G\n")
+    assert_error(run("profiles", "show", "bad.yaml"),
+                 "bad.yaml: line 3: malformed YAML: mapping values are not allowed here")
+
+
+@pytest.mark.parametrize("command", [("profiles", "show"), ("build",)])
+def test_unknown_key(tmp_path, monkeypatch, command, cache):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("name: a\nguest_agent: {install: none}\n"
+                                     "os:\n  flavour: sid\n")
+    args = [*command, "a.yaml"] + (["--dry-run"] if command == ("build",) else [])
+    assert_error(run(*args),
+                 "a.yaml: os.flavour: unknown key; allowed: distro, release, "
+                 "mirror, security_mirror")
+
+
+def test_set_without_equals():
+    assert_error(run("profiles", "show", "prod-mariadb", "--set", "image.size"),
+                 "--set image.size: expected KEY=VALUE")
+
+
+def test_unknown_element_in_build(tmp_path, monkeypatch, cache):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("extends: prod-mariadb\nname: a\nelements: [nope]\n")
+    assert_error(run("build", "a.yaml", "--dry-run"),
+                 "a.yaml: elements: unknown element 'nope'; see 'trove-image-builder "
+                 "elements list', or add its folder with --elements-path")
+
+
+def test_unknown_backend_is_a_usage_error():
+    result = run("build", "prod-mariadb", "--dry-run", "--backend", "nosuch")
+    assert result.exit_code == 2
+    assert "Usage:" in result.stderr
+    assert "Invalid value for '--backend'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_check_with_unknown_backend():
+    assert_error(run("check", "--backend", "nosuch"),
+                 "--backend nosuch: unknown backend; choose one of: dib")
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run("frobnicate")
+    assert result.exit_code == 2
+    assert "No such command" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# help and version
+
+def walk(command, path=()):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from walk(sub, path + (name,))
+
+
+ALL_COMMANDS = list(walk(main))
+
+
+def test_the_command_tree():
+    paths = {" ".join(p) for p, _c in ALL_COMMANDS}
+    assert {"profiles list", "profiles show", "profiles settings", "elements list",
+            "check", "build"} <= paths
+
+
+@pytest.mark.parametrize("path, command", ALL_COMMANDS,
+                         ids=[" ".join(p) or "main" for p, _c in ALL_COMMANDS])
+def test_every_command_has_help(path, command):
+    assert command.help and command.help.strip(), path
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help and param.help.strip(), (path, param.name)
+    result = run(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert command.help.strip().splitlines()[0] in result.stdout
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"trove-image-builder, version {__version__}\n"
