@@ -285,3 +285,36 @@ def test_check_inputs_refuses_a_missing_source(plan_of, tmp_path):
 def test_check_inputs_accepts_a_trove_checkout(plan_of, trove_checkout, tmp_path):
     check_inputs(plan_of("dev-mariadb", [f"trove_source={trove_checkout}"],
                          output=tmp_path / "d.qcow2"))
+
+
+# --------------------------------------------------------------------------
+# pip's CA bundle for the build
+
+def test_ca_bundle_is_passed_to_the_guest_agent_element(known, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    prof = profiles.load("prod-mariadb", known_elements=known)
+    plan = make_plan(prof, None, known, ca_bundle=bundle)
+    assert plan.env["TROVE_BUILD_CA_BUNDLE"] == str(bundle)
+    assert "TROVE_BUILD_CA_BUNDLE" not in make_plan(prof, None, known).env
+
+
+def test_ca_bundle_is_not_passed_without_a_guest_agent(known, tmp_path):
+    prof = profiles.load("base-debian", known_elements=known)
+    plan = make_plan(prof, None, known, ca_bundle=tmp_path / "ca.pem")
+    assert "TROVE_BUILD_CA_BUNDLE" not in plan.env
+
+
+def test_host_ca_bundle_is_taken_from_the_environment(tmp_path, monkeypatch):
+    from trove_image_builder import build as build_mod
+    for var in ("TROVE_IMAGE_BUILDER_CA_BUNDLE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    assert build_mod.host_ca_bundle() is None
+    bundle = tmp_path / "ca.pem"
+    monkeypatch.setenv("PIP_CERT", str(bundle))
+    assert build_mod.host_ca_bundle() is None  # not a file (yet)
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert build_mod.host_ca_bundle() == bundle
+    ours = tmp_path / "ours.pem"
+    ours.write_text("x")
+    monkeypatch.setenv("TROVE_IMAGE_BUILDER_CA_BUNDLE", str(ours))
+    assert build_mod.host_ca_bundle() == ours
