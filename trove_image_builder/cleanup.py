@@ -49,3 +49,19 @@ def release_workdir(folder: Path) -> list[str]:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
         done.append(f"losetup -d {dev}")
     return done
+
+
+def forget_dev_mapper() -> None:
+    """Remove a /dev/mapper that a build made on a host without
+    device-mapper (the partx stand-ins' nodes, and the control node that a
+    package's postinst in the build chroot creates in the shared /dev)."""
+    from .host import device_mapper_in_kernel
+    mapper = Path("/dev/mapper")
+    if device_mapper_in_kernel() or not mapper.is_dir():
+        return
+    for node in mapper.iterdir():
+        node.unlink(missing_ok=True)
+    try:
+        mapper.rmdir()
+    except OSError:
+        pass

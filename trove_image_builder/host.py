@@ -41,8 +41,17 @@ def which(tool: str) -> str | None:
     return shutil.which(tool, path=tool_path())
 
 
+def device_mapper_in_kernel() -> bool:
+    """The kernel has device-mapper (a /dev/mapper/control node alone proves
+    nothing: a package's postinst in a build chroot can make one)."""
+    try:
+        return "device-mapper" in Path("/proc/misc").read_text()
+    except OSError:
+        return False
+
+
 def device_mapper_usable() -> bool:
-    return (Path("/dev/mapper/control").exists() and which("kpartx") is not None
+    return (device_mapper_in_kernel() and which("kpartx") is not None
             and which("dmsetup") is not None)
 
 

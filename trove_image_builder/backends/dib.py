@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from .. import host, log
-from ..cleanup import release_workdir
+from ..cleanup import forget_dev_mapper, release_workdir
 from ..errors import BuildError
 from ..plan import BuildPlan
 from ..runner import replay_line
@@ -69,6 +69,7 @@ class DibBackend:
         full_env.update(env)
         # DIB prints its own timestamps; keep the log complete.
         full_env.setdefault("DIB_QUIET", "0")
+        mapper_existed = Path("/dev/mapper").exists()
         with open(log_path, "w", encoding="utf-8") as logf:
             logf.write("# " + replay_line(argv, env) + "\n")
             logf.flush()
@@ -82,6 +83,8 @@ class DibBackend:
                 raise
             finally:
                 release_workdir(workdir)
+                if not mapper_existed:
+                    forget_dev_mapper()
         if proc.returncode != 0:
             tail = _tail(log_path, 15)
             raise BuildError(
