@@ -1,6 +1,7 @@
 """The trove-image-builder command line: parse, call the library, print."""
 import functools
 import json
+from pathlib import Path
 import shlex
 import sys
 
@@ -153,6 +154,32 @@ def build(profile, output, backend, dry_run, sets, extra_paths):
                            "sha256": manifest["image"]["sha256"],
                            "size_bytes": manifest["image"]["size_bytes"],
                            "seconds": manifest["timings"]["total"]}))
+
+
+@main.command("verify")
+@click.argument("image", type=click.Path())
+@click.option("--boot", is_flag=True, help="Also boot the image (throwaway overlay) and check it live.")
+@click.option("--contract", is_flag=True,
+              help="Boot, and call the guest agent over a real RabbitMQ as Trove does (implies --boot).")
+@click.option("--profile", "profile_ref", help="The profile the image was built from "
+              "(default: from IMAGE.manifest.json).")
+@click.option("--junit", type=click.Path(), help="Write a JUnit XML report here.")
+@set_option
+@handle_errors
+def verify(image, boot, contract, profile_ref, junit, sets):
+    """Check IMAGE: offline (mounted read-only), and booted with --boot."""
+    from . import expect as expect_mod, verify as verify_mod
+    exp = expect_mod.load(Path(image), profile_ref, sets)
+    report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
+                               junit=Path(junit) if junit else None)
+    passed = sum(1 for o in report.outcomes if o.passed)
+    skipped = sum(1 for o in report.outcomes if o.skipped)
+    click.echo(json.dumps({"image": str(image), "passed": passed, "skipped": skipped,
+                           "failed": [f"{o.check}: {o.message}" for o in report.failed],
+                           "seconds": report.seconds}))
+    if report.failed:
+        names = ", ".join(o.check for o in report.failed)
+        raise CommandError(f"{len(report.failed)} check(s) failed for {image}: {names}", 1)
 
 
 if __name__ == "__main__":

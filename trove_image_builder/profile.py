@@ -455,6 +455,14 @@ def load(ref: str, sets=(), known_elements=None) -> Profile:
     return profile
 
 
+def from_dict(data: dict, source: str, known_elements=None) -> Profile:
+    """A profile from its resolved form (as in a manifest)."""
+    profile = _build(Profile, data, "", {}, source)
+    profile = dataclasses.replace(profile, source=source)
+    _validate(profile, {}, source, known_elements)
+    return profile
+
+
 def describe_settings() -> list[tuple[str, str, str]]:
     """(dotted name, default/choices, help) for every setting."""
     rows = []

@@ -1,0 +1,125 @@
+"""Offline checks: the image mounted read-only, nothing booted."""
+import pytest
+
+from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV
+
+TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
+KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"
+
+
+def test_os_release(host, expect):
+    info = dict(line.split("=", 1) for line in host.file("/etc/os-release")
+                .content_string.splitlines() if "=" in line)
+    found = (info.get("ID", "").strip('"'), info.get("VERSION_CODENAME", "").strip('"'))
+    assert found == (expect.distro, expect.release), f"found os-release {found}"
+
+
+def test_datastore_package_installed(host, expect):
+    if expect.datastore_runtime != "package":
+        pytest.skip("no datastore from OS packages in this image")
+    pkg = host.package(expect.datastore_package)
+    assert pkg.is_installed, f"package {expect.datastore_package} is not installed"
+    if expect.datastore_version:
+        upstream = pkg.version.split(":", 1)[-1]
+        assert upstream.startswith(expect.datastore_version), \
+            f"{expect.datastore_package} is {pkg.version}, expected {expect.datastore_version}"
+
+
+def test_datastore_service_enabled(host, expect):
+    if expect.datastore_runtime != "package":
+        pytest.skip("no datastore service from OS packages in this image")
+    assert host.service(expect.datastore_service).is_enabled, \
+        f"service {expect.datastore_service} is not enabled"
+
+
+def test_guest_agent_virtualenv(host, expect):
+    entry = host.file(f"{AGENT_VENV}/bin/trove-guestagent")
+    if expect.agent_install == "none":
+        assert not entry.exists, f"agentless image has {entry.path}"
+        return
+    assert entry.exists, f"{entry.path} is missing"
+    assert entry.mode & 0o111, f"{entry.path} is not executable (mode {oct(entry.mode)})"
+    # Run the venv's own Python inside the image: it must import the agent.
+    cmd = host.run(f"{AGENT_VENV}/bin/python -c "
+                   "'import importlib.metadata as m, trove.cmd.guest; print(m.version(\"trove\"))'")
+    assert cmd.rc == 0, f"the agent does not import in the image: {cmd.stderr.strip()[-300:]}"
+    if expect.agent_version:
+        assert cmd.stdout.strip() == expect.agent_version, \
+            f"guest agent is {cmd.stdout.strip()}, expected {expect.agent_version}"
+
+
+def test_guest_agent_unit(host, expect):
+    unit = host.file(f"/etc/systemd/system/{AGENT_UNIT}")
+    if expect.agent_install == "none":
+        assert not unit.exists, f"agentless image has {unit.path}"
+        return
+    assert unit.exists, f"the guest agent unit {unit.path} is missing"
+    assert f"{AGENT_VENV}/bin/trove-guestagent --config-dir=/etc/trove/conf.d" \
+        in unit.content_string, f"{unit.path} does not run the agent with --config-dir"
+    assert host.service(AGENT_UNIT).is_enabled, f"{AGENT_UNIT} is not enabled"
+    user = host.file(f"/etc/systemd/system/{AGENT_UNIT}.d/10-guest-user.conf")
+    assert user.exists and f"User={expect.guest_user}" in user.content_string, \
+        f"{AGENT_UNIT} does not run as {expect.guest_user}"
+
+
+@pytest.mark.parametrize("path", TROVE_DIRS)
+def test_trove_directories(host, expect, path):
+    folder = host.file(path)
+    assert folder.is_directory, f"{path} is missing"
+    assert folder.user == expect.guest_user, f"{path} is owned by {folder.user}"
+
+
+def test_cloud_init_datasources(host):
+    found = host.check_output("cat /etc/cloud/cloud.cfg.d/*.cfg")
+    lines = [ln for ln in found.splitlines() if ln.startswith("datasource_list")]
+    assert lines, "no datasource_list in /etc/cloud/cloud.cfg.d"
+    assert "ConfigDrive" in lines[-1] and "OpenStack" in lines[-1], \
+        f"cloud-init datasources: {lines[-1]}"
+
+
+def test_no_private_keys(host, expect):
+    if not expect.production:
+        pytest.skip("development image")
+    # grep: 0 found, 1 none found; anything else is an error, not a pass
+    grep = host.run_expect([0, 1], "grep -rIl --exclude-dir=site-packages "
+                           f"-e '-----BEGIN [A-Z ]*PRIVATE KEY-----' {KEY_SEARCH}")
+    found = grep.stdout.split()
+    found += [f"/etc/ssh/{n}" for n in host.check_output("ls -A /etc/ssh").split()
+              if n.startswith("ssh_host_") and n.endswith("_key")]
+    assert not found, f"private key material in a production image: {found}"
+
+
+def test_no_authorized_keys(host, expect):
+    if not expect.production:
+        pytest.skip("development image")
+    found = host.check_output("find /root /home -name 'authorized_keys*'").split()
+    assert not found, f"authorized_keys in a production image: {found}"
+
+
+def test_no_passwords(host, expect):
+    if not expect.production:
+        pytest.skip("development image")
+    usable = []
+    for line in host.file("/etc/shadow").content_string.splitlines():
+        name, pw = line.split(":")[:2]
+        if pw and not pw.startswith(("!", "*")):
+            usable.append(name)
+    assert not usable, f"users with a password in a production image: {usable}"
+
+
+def test_no_trove_certificates(host, expect):
+    found = host.check_output("find /etc/trove/certs -type f").split()
+    assert not found, f"certificates or keys baked into /etc/trove/certs: {found}"
+
+
+def test_dev_marker_and_key(host, expect):
+    marker = host.file("/etc/trove/DEVELOPMENT-IMAGE")
+    if expect.production:
+        assert not marker.exists, "a production image carries the development marker"
+        return
+    assert marker.exists, "development image without /etc/trove/DEVELOPMENT-IMAGE"
+    keys = host.file(f"/home/{expect.guest_user}/.ssh/authorized_keys")
+    assert keys.exists, f"no authorized_keys for {expect.guest_user}"
+    if expect.dev_public_key:
+        assert expect.dev_public_key in keys.content_string, \
+            "the build's ssh public key is not in authorized_keys"

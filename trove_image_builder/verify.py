@@ -1,0 +1,146 @@
+"""Run the shipped testinfra checks against an image: offline (mounted
+read-only) and, with boot, against the image booted in qemu."""
+from dataclasses import dataclass, field
+import hashlib
+from pathlib import Path
+import time
+
+import pytest
+
+from . import imagefs, log
+from .errors import VerifyError
+from .expect import Expectations
+
+CHECKS = Path(__file__).resolve().parent / "checks"
+
+
+@dataclass
+class Outcome:
+    check: str
+    passed: bool
+    skipped: bool = False
+    message: str = ""
+
+
+@dataclass
+class Report:
+    image: str
+    outcomes: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list:
+        return [o for o in self.outcomes if not o.passed and not o.skipped]
+
+
+class _Plugin:
+    """Gives the checks their fixtures and collects the results."""
+
+    def __init__(self, expect: Expectations, extra_fixtures: dict, report: Report, stage: str,
+                 hosts: str):
+        self._expect = expect
+        self._extra = extra_fixtures
+        self._report = report
+        self._stage = stage
+        self._hosts = hosts
+
+    @pytest.fixture(scope="session")
+    def expect(self):
+        return self._expect
+
+    @pytest.fixture(scope="session")
+    def booted(self):
+        return self._extra.get("booted")
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            # test_x[HOSTS-param] -> test_x[param]; test_x[HOSTS] -> test_x
+            name = report.nodeid.split("::", 1)[-1]
+            name = name.replace(f"[{self._hosts}]", "").replace(f"[{self._hosts}-", "[")
+            message = ""
+            if report.failed:
+                crash = getattr(report.longrepr, "reprcrash", None)
+                message = crash.message if crash else str(report.longrepr)
+                message = message.splitlines()[0] if message else ""
+                message = message.replace("AssertionError: ", "")
+            elif report.skipped:
+                message = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            self._report.outcomes.append(Outcome(
+                f"{self._stage}::{name}", report.passed, report.skipped, message))
+            status = "PASS" if report.passed else "SKIP" if report.skipped else "FAIL"
+            line = f"{status} {Path(self._report.image).name}: {self._stage}::{name}"
+            if report.failed or report.skipped:
+                line += f": {message}"
+            log.info(line)
+
+
+def run_checks(test_file: str, hosts: str, expect: Expectations, report: Report,
+               stage: str, junit: Path | None = None, extra_fixtures=None,
+               host_args=()) -> None:
+    args = [str(CHECKS / test_file), f"--hosts={hosts}", *host_args,
+            "-p", "no:cacheprovider", "-p", "no:terminal",
+            "-c", str(CHECKS / "pytest.ini"), "--rootdir", str(CHECKS),
+            "-o", "junit_family=xunit2"]
+    if junit is not None:
+        args += ["--junitxml", str(junit)]
+    plugin = _Plugin(expect, extra_fixtures or {}, report, stage, hosts)
+    code = pytest.main(args, plugins=[plugin])
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        raise VerifyError(f"the {stage} checks could not run (pytest exit {int(code)})")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def offline(image: Path, expect: Expectations, report: Report, junit=None) -> None:
+    before = sha256_of(image)
+    start = time.monotonic()
+    with log.step("offline checks (image mounted read-only)"):
+        with imagefs.mounted(image) as root:
+            run_checks("test_offline.py", str(root), expect, report, "offline",
+                       junit=junit, host_args=("--connection=chroot",))
+    report.seconds["offline"] = round(time.monotonic() - start, 1)
+    after = sha256_of(image)
+    report.outcomes.append(Outcome("offline::image_unchanged", before == after, False,
+                                   "" if before == after else
+                                   f"the image changed during verification ({before} -> {after})"))
+
+
+def verify(image: Path, expect: Expectations, boot=False, contract=False,
+           junit: Path | None = None) -> Report:
+    image = Path(image).resolve()
+    report = Report(str(image))
+    offline(image, expect, report, junit=_junit_part(junit, "offline"))
+    if boot or contract:
+        from .boot import booted_checks
+        booted_checks(image, expect, report, contract=contract,
+                      junit=_junit_part(junit, "booted"))
+    if junit is not None:
+        _merge_junit(junit)
+    return report
+
+
+def _junit_part(junit: Path | None, stage: str) -> Path | None:
+    if junit is None:
+        return None
+    return Path(junit).with_name(f".{Path(junit).name}.{stage}")
+
+
+def _merge_junit(junit: Path) -> None:
+    """One JUnit file with a test suite per stage."""
+    import xml.etree.ElementTree as ET
+    root = ET.Element("testsuites")
+    for stage in ("offline", "booted"):
+        part = _junit_part(junit, stage)
+        if part.is_file():
+            tree = ET.parse(part)
+            for suite in tree.getroot().iter("testsuite"):
+                suite.set("name", f"trove-image-builder {stage}")
+                root.append(suite)
+            part.unlink()
+    ET.ElementTree(root).write(junit, encoding="utf-8", xml_declaration=True)
