@@ -182,5 +182,28 @@ def verify(image, boot, contract, profile_ref, junit, sets):
         raise CommandError(f"{len(report.failed)} check(s) failed for {image}: {names}", 1)
 
 
+@main.command("boot")
+@click.argument("image", type=click.Path())
+@click.option("--ssh", "open_ssh", is_flag=True, help="Open an ssh session; stop the VM when it ends.")
+@click.option("--profile", "profile_ref", help="The profile the image was built from "
+              "(default: from IMAGE.manifest.json).")
+@handle_errors
+def boot(image, open_ssh, profile_ref):
+    """Boot IMAGE on a throwaway overlay (dev loop): ssh in, Ctrl-C to stop."""
+    import subprocess
+    import time
+    from . import boot as boot_mod, expect as expect_mod
+    exp = expect_mod.load(Path(image), profile_ref)
+    _guest_id, files = boot_mod.trove_files(exp)
+    with boot_mod.booted(Path(image), exp.guest_user, files) as guest:
+        click.echo(shlex.join(guest.ssh_argv()))
+        if open_ssh:
+            subprocess.run(guest.ssh_argv())
+            return
+        click.echo("the VM runs until Ctrl-C", err=True)
+        while guest.proc.poll() is None:
+            time.sleep(1)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,21 +20,22 @@ def image_info(image: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _raw_view(image: Path, fmt: str, tmp: Path):
+def _raw_view(image: Path, fmt: str, tmp: Path, writable: bool = False):
     if fmt == "raw":
         yield image
         return
     raw = tmp / "disk.raw"
     raw.touch()
+    ro, rw = ("off", "on") if writable else ("on", "off")
     qsd = host.which("qemu-storage-daemon")
     if qsd is None:
         raise BuildError("qemu-storage-daemon not found; install 'qemu-system-common' "
                          "(scripts/install does)")
     proc = subprocess.Popen(
         [qsd,
-         "--blockdev", f"driver=file,node-name=file,filename={image},read-only=on",
-         "--blockdev", f"driver={fmt},node-name=disk,file=file,read-only=on",
-         "--export", f"type=fuse,id=exp,node-name=disk,mountpoint={raw},writable=off"],
+         "--blockdev", f"driver=file,node-name=file,filename={image},read-only={ro}",
+         "--blockdev", f"driver={fmt},node-name=disk,file=file,read-only={ro}",
+         "--export", f"type=fuse,id=exp,node-name=disk,mountpoint={raw},writable={rw}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -70,8 +71,9 @@ def partitions(raw: Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def mounted(image: Path):
-    """Yield the image's root file system, mounted read-only."""
+def mounted(image: Path, writable: bool = False):
+    """Yield the image's root file system, mounted read-only (or, for
+    editing a copy, read-write)."""
     image = Path(image).resolve()
     if not image.is_file():
         raise InputError(f"{image}: no such image file")
@@ -81,13 +83,15 @@ def mounted(image: Path):
     mnt.mkdir()
     loop = None
     try:
-        with _raw_view(image, fmt, tmp) as raw:
+        with _raw_view(image, fmt, tmp, writable) as raw:
             try:
                 for part in sorted(partitions(raw), key=lambda p: -p["size"]):
-                    loop = run(["losetup", "--find", "--show", "--read-only",
+                    loop = run(["losetup", "--find", "--show",
+                                *(() if writable else ("--read-only",)),
                                 "--offset", str(part["start"]),
                                 "--sizelimit", str(part["size"]), str(raw)]).stdout.strip()
-                    ok = run(["mount", "-o", "ro,noload", loop, str(mnt)],
+                    opts = "rw" if writable else "ro,noload"
+                    ok = run(["mount", "-o", opts, loop, str(mnt)],
                              check=False).returncode == 0
                     if not ok:
                         ok = run(["mount", "-o", "ro", loop, str(mnt)],

@@ -78,12 +78,16 @@ def run_checks(test_file: str, hosts: str, expect: Expectations, report: Report,
                stage: str, junit: Path | None = None, extra_fixtures=None,
                host_args=()) -> None:
     args = [str(CHECKS / test_file), f"--hosts={hosts}", *host_args,
-            "-p", "no:cacheprovider", "-p", "no:terminal",
+            "-p", "no:cacheprovider", "-p", "no:terminal", "-p", "no:logging",
             "-c", str(CHECKS / "pytest.ini"), "--rootdir", str(CHECKS),
             "-o", "junit_family=xunit2"]
     if junit is not None:
         args += ["--junitxml", str(junit)]
-    plugin = _Plugin(expect, extra_fixtures or {}, report, stage, hosts)
+    host_id = hosts
+    for arg in host_args:
+        if arg.startswith("--connection=") and "://" not in hosts:
+            host_id = f"{arg.split('=', 1)[1]}://{hosts}"
+    plugin = _Plugin(expect, extra_fixtures or {}, report, stage, host_id)
     code = pytest.main(args, plugins=[plugin])
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         raise VerifyError(f"the {stage} checks could not run (pytest exit {int(code)})")

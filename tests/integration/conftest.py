@@ -46,6 +46,28 @@ def prod_mariadb(images_dir) -> BuiltImage:
     return _build(images_dir, "prod-mariadb")
 
 
+@pytest.fixture(scope="session")
+def trove_checkout(tmp_path_factory) -> Path:
+    """A local Trove source tree for the dev loop: the 26.0.0 source
+    release from the package index, unpacked (it carries PKG-INFO, so pbr
+    needs no git history)."""
+    where = tmp_path_factory.mktemp("trove-source")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--no-binary", ":all:", "-d", str(where), "trove==26.0.0"],
+                   check=True, capture_output=True, text=True)
+    tarball = next(where.glob("trove-*.tar.gz"))
+    subprocess.run(["tar", "-C", str(where), "-xzf", str(tarball)], check=True)
+    tree = next(p for p in where.iterdir() if p.is_dir())
+    assert (tree / "setup.cfg").is_file()
+    return tree
+
+
+@pytest.fixture(scope="session")
+def dev_mariadb(images_dir, trove_checkout) -> BuiltImage:
+    """dev-mariadb built for real, agent from the local source tree."""
+    return _build(images_dir, "dev-mariadb", "--set", f"trove_source={trove_checkout}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _needs_root():
     if os.geteuid() != 0:

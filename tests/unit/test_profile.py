@@ -433,13 +433,27 @@ def test_dib_elements_are_known(write, known):
     assert profiles.load(str(path), known_elements=known).elements == ("growroot",)
 
 
-def test_extends_cycle(write):
+@pytest.fixture
+def deadline():
+    """Fail, instead of hanging, if a cycle is followed for ever."""
+    import signal
+
+    def expired(signum, frame):
+        raise AssertionError("still loading after 10 s: is the cycle detected?")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_extends_cycle(write, deadline):
     a = write("a.yaml", "extends: b.yaml\nname: a\n")
     write("b.yaml", "extends: a.yaml\nname: b\n")
     assert error_of(a) == "b.yaml: extends: cycle: a -> b -> a; remove one of these 'extends'"
 
 
-def test_extends_itself(write):
+def test_extends_itself(write, deadline):
     a = write("a.yaml", "extends: a.yaml\nname: a\n")
     assert error_of(a) == "a.yaml: extends: cycle: a -> a; remove one of these 'extends'"
 

@@ -1,0 +1,254 @@
+"""Boot an image in qemu as Nova would, on a throwaway overlay.
+
+The image file is never written: qemu runs a qcow2 overlay on top of it.
+User-mode networking is restricted to the guest (``restrict=on``): the only
+ways in and out are ssh forwarded to 127.0.0.1 and, when asked, guest
+forwards to services on the host's loopback (a RabbitMQ for the contract
+test). A config drive carries what Nova and Trove inject at boot: an ssh key
+for the guest user and Trove's files under /etc/trove/conf.d. A scratch disk
+is attached as /dev/vdb, the volume Trove would attach.
+"""
+import contextlib
+from dataclasses import dataclass, field
+import json
+import logging
+from pathlib import Path
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+from . import host, log
+from .errors import BuildError, HostError, VerifyError
+from .imagefs import image_info
+from .runner import run
+
+GUEST_FORWARD_IP = "10.0.2.100"
+BOOT_TIMEOUT = 900
+
+
+@dataclass
+class Guest:
+    """A booted image: how to reach it, and what it was given."""
+    ssh_port: int
+    user: str
+    key: Path
+    console: Path
+    workdir: Path
+    instance_id: str
+    accel: str
+    boot_seconds: float = 0.0
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def hostspec(self) -> str:
+        return "paramiko://tib-guest"
+
+    def ssh_config(self) -> Path:
+        """An ssh_config naming the guest 'tib-guest' (for testinfra)."""
+        path = self.workdir / "ssh_config"
+        path.write_text("Host tib-guest\n"
+                        "  HostName 127.0.0.1\n"
+                        f"  Port {self.ssh_port}\n"
+                        f"  User {self.user}\n"
+                        f"  IdentityFile {self.key}\n"
+                        "  StrictHostKeyChecking no\n"
+                        "  UserKnownHostsFile /dev/null\n")
+        return path
+
+    def ssh_argv(self, *command: str) -> list:
+        return ["ssh", "-i", str(self.key), "-p", str(self.ssh_port),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", f"{self.user}@127.0.0.1", *command]
+
+    def ssh(self, command: str, timeout=300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.ssh_argv(command), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def console_tail(self, lines=25) -> str:
+        try:
+            text = self.console.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def config_drive(folder: Path, out: Path, instance_id: str, public_key: str,
+                 files: dict) -> Path:
+    """An OpenStack config drive (ISO 9660, label config-2), as Nova makes it."""
+    root = folder / "config-drive"
+    latest = root / "openstack" / "latest"
+    content = root / "openstack" / "content"
+    latest.mkdir(parents=True)
+    content.mkdir(parents=True)
+    entries = []
+    for n, (path, text) in enumerate(sorted(files.items())):
+        name = f"{n:04d}"
+        (content / name).write_text(text)
+        entries.append({"path": path, "content_path": f"/content/{name}"})
+    meta = {"uuid": instance_id, "name": f"tib-{instance_id[:8]}",
+            "hostname": f"tib-{instance_id[:8]}", "launch_index": 0,
+            "availability_zone": "nova", "public_keys": {"verify": public_key},
+            "files": entries}
+    (latest / "meta_data.json").write_text(json.dumps(meta))
+    (latest / "vendor_data.json").write_text("{}")
+    tool = host.which("xorriso")
+    if tool is None:
+        raise HostError("xorriso not found; install 'xorriso' (scripts/install does)")
+    run([tool, "-as", "mkisofs", "-quiet", "-o", str(out), "-V", "config-2",
+         "-J", "-R", str(root)])
+    return out
+
+
+def qemu_argv(overlay: Path, volume: Path, drive: Path, ssh_port: int, console: Path,
+              accel: str, guest_forwards=(), memory_mb=2048, cpus=2) -> list:
+    netdev = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    for guest_port, host_port in guest_forwards:
+        socat = host.which("socat") or "socat"
+        netdev += (f",guestfwd=tcp:{GUEST_FORWARD_IP}:{guest_port}"
+                   f"-cmd:{socat} - TCP:127.0.0.1:{host_port}")
+    argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory_mb),
+            "-smp", str(cpus), "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{console}",
+            "-drive", f"file={overlay},if=virtio,format=qcow2",
+            "-drive", f"file={volume},if=virtio,format=raw",
+            "-drive", f"file={drive},if=virtio,format=raw,readonly=on",
+            "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci"]
+    argv += ["-cpu", "host"] if accel == "kvm" else ["-cpu", "max"]
+    return argv
+
+
+def _wait_for_ssh(guest: Guest, deadline: float) -> None:
+    import paramiko
+    # Refused and half-open connections are expected while the guest boots.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if guest.proc.poll() is not None:
+            raise VerifyError(f"qemu exited with code {guest.proc.returncode} while "
+                              f"booting; console:\n{guest.console_tail()}")
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect("127.0.0.1", port=guest.ssh_port, username=guest.user,
+                           key_filename=str(guest.key), timeout=10, banner_timeout=30,
+                           auth_timeout=30, allow_agent=False, look_for_keys=False)
+            client.close()
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure means not yet
+            last = f"{type(exc).__name__}: {exc}"
+            time.sleep(3)
+        finally:
+            client.close()
+    raise VerifyError(f"no ssh login as {guest.user} within {BOOT_TIMEOUT} s ({last}); "
+                      f"console:\n{guest.console_tail()}")
+
+
+@contextlib.contextmanager
+def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
+           timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False):
+    """Boot image on an overlay; yield a Guest once ssh answers."""
+    image = Path(image).resolve()
+    for tool in ("qemu-system-x86_64", "qemu-img", "ssh-keygen"):
+        if host.which(tool) is None:
+            raise HostError(f"{tool} not found; run scripts/install")
+    if guest_forwards and host.which("socat") is None:
+        raise HostError("socat not found; install 'socat' (scripts/install does)")
+    accel = host.accelerator()
+    work = Path(tempfile.mkdtemp(prefix="tib-boot-"))
+    instance_id = str(uuid.uuid4())
+    proc = None
+    try:
+        fmt = image_info(image)["format"]
+        overlay = work / "overlay.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
+             str(overlay)])
+        volume = work / "volume.raw"
+        run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
+        key = work / "id_ed25519"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tib-boot", "-f", str(key)])
+        drive = config_drive(work, work / "config-drive.iso", instance_id,
+                             (work / "id_ed25519.pub").read_text().strip(), files or {})
+        port = free_port()
+        console = work / "console.log"
+        argv = qemu_argv(overlay, volume, drive, port, console, accel, guest_forwards)
+        log.info(f"qemu ({accel}{'' if accel == 'kvm' else ': KVM not usable here'}), "
+                 f"ssh on 127.0.0.1:{port}")
+        (work / "qemu.argv").write_text(" ".join(argv) + "\n")
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc)
+        start = time.monotonic()
+        _wait_for_ssh(guest, start + timeout)
+        guest.boot_seconds = round(time.monotonic() - start, 1)
+        yield guest
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if not keep_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def trove_files(expect, instance_id_hint: str | None = None, transport_url: str | None = None,
+                guest_id: str | None = None) -> tuple[str, dict]:
+    """The two files Trove injects at boot, for this image's datastore."""
+    guest_id = guest_id or str(uuid.uuid4())
+    manager = expect.datastore or "mariadb"
+    guest_info = ("[DEFAULT]\n"
+                  f"guest_id = {guest_id}\n"
+                  f"datastore_manager = {manager}\n"
+                  "tenant_id = trove-image-builder\n")
+    url = transport_url or f"rabbit://guest:guest@{GUEST_FORWARD_IP}:5672/"
+    agent_conf = ("[DEFAULT]\n"
+                  f"transport_url = {url}\n"
+                  "control_exchange = trove\n"
+                  "log_dir = /var/log/trove\n"
+                  "log_file = trove-guestagent.log\n"
+                  "debug = True\n")
+    return guest_id, {"/etc/trove/conf.d/guest_info.conf": guest_info,
+                      "/etc/trove/conf.d/trove-guestagent.conf": agent_conf}
+
+
+def booted_checks(image: Path, expect, report, contract=False, junit=None) -> None:
+    """Boot the image and run the booted checks (and the contract test)."""
+    from .verify import run_checks
+    broker = None
+    stack = contextlib.ExitStack()
+    try:
+        forwards = ()
+        if contract:
+            from .rabbit import LocalRabbit
+            with log.step("start a RabbitMQ on 127.0.0.1 for the contract test"):
+                broker = stack.enter_context(LocalRabbit())
+            forwards = ((5672, broker.port),)
+        guest_id, files = trove_files(expect)
+        start = time.monotonic()
+        with log.step(f"boot {image.name} (overlay; the image is not written)"):
+            guest = stack.enter_context(booted(image, expect.guest_user, files, forwards))
+            log.info(f"ssh answered after {guest.boot_seconds} s")
+        report.seconds["boot"] = guest.boot_seconds
+        extra = {"booted": {"guest": guest, "guest_id": guest_id, "broker": broker,
+                            "contract": contract}}
+        with log.step("booted checks over ssh"):
+            run_checks("test_booted.py", guest.hostspec, expect, report, "booted",
+                       junit=junit, extra_fixtures=extra,
+                       host_args=(f"--ssh-config={guest.ssh_config()}",))
+        report.seconds["booted"] = round(time.monotonic() - start, 1)
+    except BuildError as exc:
+        raise VerifyError(exc.message) from exc
+    finally:
+        stack.close()

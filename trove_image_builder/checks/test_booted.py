@@ -1,0 +1,62 @@
+"""Booted checks: the image running in qemu, checked over ssh; and the
+Trove contract test: the agent answers an RPC call over RabbitMQ."""
+import pytest
+
+from trove_image_builder.expect import AGENT_UNIT
+
+AGENT_DEADLINE = 600
+
+
+def test_cloud_init_finished_without_errors(host):
+    result = host.run("cloud-init status --wait --long")
+    assert "status: done" in result.stdout, \
+        f"cloud-init: {result.stdout.strip()} {result.stderr.strip()}"
+    assert result.rc == 0, f"cloud-init reports errors: {result.stdout.strip()}"
+
+
+def test_trove_files_injected(host):
+    conf = host.file("/etc/trove/conf.d/guest_info.conf")
+    assert conf.exists, "cloud-init did not write /etc/trove/conf.d/guest_info.conf"
+    assert "guest_id" in conf.content_string
+
+
+def test_datastore_service_running(host, expect):
+    if expect.datastore_runtime != "package":
+        pytest.skip("no datastore service from OS packages in this image")
+    service = host.service(expect.datastore_service)
+    assert service.is_running, \
+        f"{expect.datastore_service} is not running: {host.run('systemctl status ' + expect.datastore_service + ' --no-pager').stdout[-400:]}"
+
+
+def test_datastore_answers_a_query(host, expect):
+    if expect.datastore_runtime != "package" or not expect.datastore_query:
+        pytest.skip("no datastore query for this image")
+    with host.sudo():
+        result = host.run(expect.datastore_query)
+    assert result.rc == 0, f"query failed: {result.stderr.strip()[-300:]}"
+    if expect.datastore_version:
+        assert expect.datastore_version in result.stdout, \
+            f"query answered {result.stdout.strip()!r}"
+
+
+def test_guest_agent_active(host, expect):
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    state = host.run(f"systemctl is-active {AGENT_UNIT}").stdout.strip()
+    assert state in ("active", "activating"), \
+        f"{AGENT_UNIT} is {state}: " + host.run(
+            f"journalctl -u {AGENT_UNIT} --no-pager -n 15").stdout[-800:]
+
+
+def test_contract_rpc_ping(host, expect, booted):
+    if not booted["contract"]:
+        pytest.skip("contract test not asked for (--contract)")
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    from trove_image_builder.rabbit import wait_for_rpc
+    try:
+        answer, waited = wait_for_rpc(booted["broker"].url, booted["guest_id"], AGENT_DEADLINE)
+    except Exception as exc:
+        journal = host.run(f"journalctl -u {AGENT_UNIT} --no-pager -n 20").stdout
+        raise AssertionError(f"{exc}; agent journal: {journal[-800:]}") from exc
+    assert answer is True, f"rpc_ping answered {answer!r}"
