@@ -1,22 +1,20 @@
 """A build from start to finish: plan, host check, backend, manifest,
 checksum, and an atomic move of the results next to the output path."""
-import contextlib
 import datetime
 import hashlib
 import json
 import os
 from pathlib import Path
 import shutil
-import signal
 import tempfile
 import time
 
 from . import __version__, backends, elements, host, imagefs, log
-from .cleanup import release_workdir
+from .cleanup import release_workdir, terminate_as_interrupt
 from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
                        venv_packages)
 from .errors import BuildError
-from .plan import BuildPlan, check_inputs, make_plan
+from .plan import BuildPlan, check_inputs, make_plan  # noqa: F401 (check_inputs: cli)
 from .runner import run
 
 AGENT_VENV = "/opt/guest-agent-venv"
@@ -54,18 +52,6 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM behaves like Ctrl-C, so that the same cleanup runs."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _tool_versions() -> dict:
@@ -129,9 +115,9 @@ def check_contents(contents: dict, plan: BuildPlan) -> None:
 
 
 def build(profile, output=None, extra_paths=(), backend_name=None,
-          verify_hook=None) -> dict:
-    """Build the profile; return the manifest. Raises on failure, leaving
-    nothing at the output path."""
+          verify_hook=None) -> tuple[Path, dict]:
+    """Build the profile; return the image path and its manifest. Raises on
+    failure, leaving nothing at the output path."""
     known = elements.discover(extra_paths)
     plan = plan_for(profile, output, extra_paths, known)
     check_inputs(plan)
@@ -145,7 +131,7 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
     cache = cache_dir()
     side = sidecars(out)
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             if plan.dev_key is not None:
                 with log.step("generate the per-build ssh key", timings, "ssh-key"):
                     key = workdir / "id_ed25519"
@@ -196,7 +182,7 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
                 os.replace(workdir / "id_ed25519.pub", plan.dev_key.with_name(
                     plan.dev_key.name + ".pub"))
             os.replace(image, out)
-            return manifest
+            return plan.output, manifest
     finally:
         release_workdir(workdir)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,7 +1,9 @@
 """Leave nothing behind: mounts and loop devices under a work folder."""
+import contextlib
 import json
 import os
 from pathlib import Path
+import signal
 import subprocess
 
 
@@ -65,3 +67,15 @@ def forget_dev_mapper() -> None:
         mapper.rmdir()
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM behaves like Ctrl-C, so that the same cleanup runs."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

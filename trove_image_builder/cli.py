@@ -9,6 +9,7 @@ import click
 import yaml
 
 from . import __version__, backends, build as build_mod, elements, host, profile as profiles
+from .cleanup import terminate_as_interrupt
 from .errors import TroveImageBuilderError
 
 
@@ -141,6 +142,7 @@ def build(profile, output, backend, dry_run, sets, extra_paths):
     prof = profiles.load(profile, sets, known_elements=known)
     if dry_run:
         plan = build_mod.plan_for(prof, output, extra_paths, known)
+        build_mod.check_inputs(plan)
         back = backends.get(backend or prof.backend)
         argv, env = back.command(plan, build_mod.cache_dir() / "work" / "BUILD",
                                  build_mod.cache_dir())
@@ -148,9 +150,8 @@ def build(profile, output, backend, dry_run, sets, extra_paths):
             click.echo(f"export {key}={shlex.quote(env[key])}")
         click.echo(shlex.join(argv))
         return
-    manifest = build_mod.build(prof, output, extra_paths, backend)
-    click.echo(json.dumps({"image": str(build_mod.Path(output or
-                                                       build_mod.plan_for(prof).output)),
+    image, manifest = build_mod.build(prof, output, extra_paths, backend)
+    click.echo(json.dumps({"image": str(image),
                            "sha256": manifest["image"]["sha256"],
                            "size_bytes": manifest["image"]["size_bytes"],
                            "seconds": manifest["timings"]["total"]}))
@@ -170,8 +171,9 @@ def verify(image, boot, contract, profile_ref, junit, sets):
     """Check IMAGE: offline (mounted read-only), and booted with --boot."""
     from . import expect as expect_mod, verify as verify_mod
     exp = expect_mod.load(Path(image), profile_ref, sets)
-    report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
-                               junit=Path(junit) if junit else None)
+    with terminate_as_interrupt():
+        report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
+                                   junit=Path(junit) if junit else None)
     passed = sum(1 for o in report.outcomes if o.passed)
     skipped = sum(1 for o in report.outcomes if o.skipped)
     click.echo(json.dumps({"image": str(image), "passed": passed, "skipped": skipped,
@@ -195,7 +197,7 @@ def boot(image, open_ssh, profile_ref):
     from . import boot as boot_mod, expect as expect_mod
     exp = expect_mod.load(Path(image), profile_ref)
     _guest_id, files = boot_mod.trove_files(exp)
-    with boot_mod.booted(Path(image), exp.guest_user, files) as guest:
+    with terminate_as_interrupt(), boot_mod.booted(Path(image), exp.guest_user, files) as guest:
         click.echo(shlex.join(guest.ssh_argv()))
         if open_ssh:
             subprocess.run(guest.ssh_argv())

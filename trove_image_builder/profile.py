@@ -19,6 +19,7 @@ import jinja2.sandbox
 import yaml
 
 from . import shipped_dir
+from .backends import names as backend_names
 from .errors import InputError, ProfileError
 
 
@@ -46,7 +47,7 @@ DISTROS = {
     "rocky": Distro("rocky-container", "9", None),
 }
 
-BACKENDS = ("dib", "virt-customize")
+BACKENDS = backend_names()
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,39 @@ def locate(ref: str, base: Path | None = None, referrer: Path | None = None) -> 
 # --------------------------------------------------------------------------
 # Rendering
 
+class _Lenient(jinja2.ChainableUndefined):
+    """For the first look at a file (its 'extends' and 'variables'), before
+    the variables are known: undefined values take part in arithmetic and
+    comparisons instead of failing."""
+
+    def _same(self, *args, **kwargs):
+        return self
+
+    def _false(self, *args, **kwargs):
+        return False
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _same
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = _same
+    __lt__ = __le__ = __gt__ = __ge__ = _false
+
+    def __int__(self):
+        return 0
+
+    def __float__(self):
+        return 0.0
+
+    def __hash__(self):
+        return 0
+
+
 def _env(undefined) -> jinja2.Environment:
     return jinja2.sandbox.SandboxedEnvironment(
         undefined=undefined, keep_trailing_newline=True, autoescape=False)
 
 
 def _render(path: Path, text: str, variables: dict, strict: bool) -> str:
-    env = _env(jinja2.StrictUndefined if strict else jinja2.ChainableUndefined)
+    env = _env(jinja2.StrictUndefined if strict else _Lenient)
     try:
         return env.from_string(text).render(**variables)
     except jinja2.TemplateSyntaxError as exc:
@@ -275,6 +302,8 @@ def parse_sets(sets) -> tuple[dict, list]:
                 parsed = yaml.safe_load(value) if value != "" else ""
             except yaml.YAMLError:
                 parsed = value
+            if isinstance(parsed, (bool, int, float)):
+                parsed = value      # "10.11" stays a version, not a number
             fields.append((key, parsed))
         else:
             variables[key] = value
@@ -284,10 +313,11 @@ def parse_sets(sets) -> tuple[dict, list]:
 def _set_dotted(data: dict, dotted: str, value, provenance: dict):
     parts = dotted.split(".")
     node = data
-    for part in parts[:-1]:
+    for n, part in enumerate(parts[:-1]):
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
+            provenance[".".join(parts[:n + 1])] = "--set"
         if not isinstance(nxt, dict):
             raise InputError(f"--set {dotted}: '{part}' is not a section")
         node = nxt

@@ -42,14 +42,6 @@ def test_profile_default_backend_is_registered():
     assert profiles.Profile.__dataclass_fields__["backend"].default in backends.REGISTRY
 
 
-BACKEND_BUG = pytest.mark.xfail(
-    strict=True, reason="package bug: profile.BACKENDS accepts 'virt-customize', which "
-    "backends.REGISTRY does not have; such a profile validates, then the build fails "
-    "with '--backend virt-customize: unknown backend'")
-
-
-@pytest.mark.parametrize("name", [
-    n if n in backends.REGISTRY else pytest.param(n, marks=BACKEND_BUG)
-    for n in profiles.BACKENDS])
+@pytest.mark.parametrize("name", profiles.BACKENDS)
 def test_every_backend_a_profile_may_name_is_registered(name):
     assert backends.get(name).name == name

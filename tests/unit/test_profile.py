@@ -278,9 +278,6 @@ def test_set_into_a_value_is_refused():
     assert info.value.message == "--set image.size.x: 'size' is not a section"
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: the lenient first pass of "
-                   "_chain renders without the declared variables, so arithmetic "
-                   "or comparisons on a variable fail as 'undefined'")
 def test_declared_variables_usable_in_expressions(write):
     p = profiles.load(str(write("a.yaml", """
         name: a
@@ -293,8 +290,6 @@ def test_declared_variables_usable_in_expressions(write):
     assert p.image.size == "6G"
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: --set reads VALUE as YAML, so "
-                   "a version like 10.11 becomes a float and is refused")
 def test_set_numeric_looking_string_setting(known):
     p = profiles.load("prod-mariadb", ["datastore.version=10.6"], known_elements=known)
     assert p.datastore.version == "10.6"
