@@ -169,10 +169,11 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
                 "dev_ssh_key": str(plan.dev_key) if plan.dev_key else None,
                 "timings": timings,
             }
+            if verify_hook is not None:
+                with log.step("verify before moving into place", timings, "verify"):
+                    verify_hook(image, manifest, plan)
             (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             (workdir / "image.sha256").write_text(f"{digest}  {out.name}\n")
-            if verify_hook is not None:
-                verify_hook(image, manifest)
             # Side files first, the image last: an image at the output path
             # always comes with its own manifest and checksum.
             os.replace(workdir / "manifest.json", side["manifest"])

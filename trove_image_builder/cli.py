@@ -133,10 +133,13 @@ def check(backend):
 @click.option("--backend", type=click.Choice(backends.names()), default=None,
               help="Backend (default: the profile's).")
 @click.option("--dry-run", is_flag=True, help="Print the command and environment; build nothing.")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="Verify the image offline before it is moved into place; a failed "
+                   "check fails the build.")
 @set_option
 @elements_path_option
 @handle_errors
-def build(profile, output, backend, dry_run, sets, extra_paths):
+def build(profile, output, backend, dry_run, verify_after, sets, extra_paths):
     """Build PROFILE (a name or a YAML path) into a disk image."""
     known = elements.discover(extra_paths)
     prof = profiles.load(profile, sets, known_elements=known)
@@ -150,11 +153,29 @@ def build(profile, output, backend, dry_run, sets, extra_paths):
             click.echo(f"export {key}={shlex.quote(env[key])}")
         click.echo(shlex.join(argv))
         return
-    image, manifest = build_mod.build(prof, output, extra_paths, backend)
+    hook = _verify_hook(prof) if verify_after else None
+    image, manifest = build_mod.build(prof, output, extra_paths, backend, verify_hook=hook)
     click.echo(json.dumps({"image": str(image),
                            "sha256": manifest["image"]["sha256"],
                            "size_bytes": manifest["image"]["size_bytes"],
                            "seconds": manifest["timings"]["total"]}))
+
+
+def _verify_hook(prof):
+    """Offline verification of a freshly built image, before it is moved
+    to the output path."""
+    def hook(image, manifest, plan):
+        from . import expect as expect_mod, verify as verify_mod
+        from .errors import VerifyError
+        exp = expect_mod.from_profile(image, prof, plan.env.get("TROVE_DEV_SSH_PUBKEY"))
+        report = verify_mod.verify(image, exp)
+        if report.failed:
+            names = ", ".join(o.check for o in report.failed)
+            raise VerifyError(f"the built image failed verification ({names}); "
+                              "nothing was written to the output path")
+        manifest["verified"] = {"offline": True, "checks_passed": sum(
+            1 for o in report.outcomes if o.passed), "seconds": report.seconds}
+    return hook
 
 
 @main.command("verify")
