@@ -153,6 +153,23 @@ def _wait_for_ssh(guest: Guest, deadline: float) -> None:
                       f"console:\n{guest.console_tail()}")
 
 
+def _wait_for_cloud_init(guest: Guest, deadline: float) -> None:
+    """Wait until cloud-init is done; ssh may drop once meanwhile (cloud-init
+    makes the host keys and restarts sshd)."""
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            proc = guest.ssh("cloud-init status --wait", timeout=max(30, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+        if proc.returncode != 255:      # 255: ssh itself failed
+            return
+        last = proc.stderr.strip()
+        time.sleep(3)
+    raise VerifyError(f"cloud-init did not finish within {BOOT_TIMEOUT} s ({last}); "
+                      f"console:\n{guest.console_tail()}")
+
+
 @contextlib.contextmanager
 def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
            timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False):
@@ -189,6 +206,7 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
         guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc)
         start = time.monotonic()
         _wait_for_ssh(guest, start + timeout)
+        _wait_for_cloud_init(guest, start + timeout)
         guest.boot_seconds = round(time.monotonic() - start, 1)
         yield guest
     finally:

@@ -89,14 +89,17 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
     }
     if prof.datastore is not None:
         info = elements.datastores(elements.discover())[prof.datastore.name].datastore
-        package = info.package_for(prof.datastore.version or "")
+        server = info.package_for(prof.datastore.version or "")
+        container = prof.datastore.runtime == "container"
+        package = "docker.io" if container else server
         installed = packages.get(package)
         contents["datastore"] = {
             "name": prof.datastore.name, "version": prof.datastore.version,
             "runtime": prof.datastore.runtime, "package": package,
             "package_version": installed,
             "upstream_version": upstream_version(installed) if installed else None,
-            "service": info.service}
+            "service": "docker" if container else info.service,
+            "server_package_on_host": packages.get(server)}
     return contents
 
 
@@ -110,8 +113,11 @@ def check_contents(contents: dict, plan: BuildPlan) -> None:
         raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
                          f"asks for {prof.guest_agent.version}")
     ds = contents["datastore"]
-    if ds and ds["runtime"] == "package" and not ds["package_version"]:
-        raise BuildError(f"the image lacks the datastore package {ds['package']}")
+    if ds and not ds["package_version"]:
+        raise BuildError(f"the image lacks the package {ds['package']}")
+    if ds and ds["runtime"] == "container" and ds["server_package_on_host"]:
+        raise BuildError(f"a container-runtime image has the server package on the host OS "
+                         f"({ds['server_package_on_host']})")
 
 
 def build(profile, output=None, extra_paths=(), backend_name=None,

@@ -23,7 +23,9 @@ class Expectations:
     agent_version: str | None
     datastore: str | None
     datastore_runtime: str | None
-    datastore_package: str | None
+    datastore_package: str | None      # the server package (package runtime)
+    server_package: str | None         # its name, whichever the runtime
+    engine_package: str | None         # container runtime: the engine
     datastore_version: str | None
     datastore_service: str | None
     datastore_query: str | None
@@ -53,7 +55,10 @@ def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None) -> Expe
         agent_version=prof.guest_agent.version if prof.guest_agent.install == "release" else None,
         datastore=ds.name if ds else None,
         datastore_runtime=ds.runtime if ds else None,
-        datastore_package=info.package_for(ds.version or "") if info else None,
+        datastore_package=info.package_for(ds.version or "")
+        if info and ds.runtime == "package" else None,
+        server_package=info.package_for(ds.version or "") if info else None,
+        engine_package="docker.io" if ds and ds.runtime == "container" else None,
         datastore_version=ds.version if ds else None,
         datastore_service=info.service if info else None,
         datastore_query=info.query if info else None,

@@ -58,6 +58,8 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
     ds = profile.datastore
     if ds is not None:
         element = datastores(known)[ds.name]
+        if ds.runtime == "container":
+            elements.append("container-engine")
         elements.append(element.name)
         env["TROVE_DATASTORE_RUNTIME"] = ds.runtime
         if ds.version:

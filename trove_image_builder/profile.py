@@ -411,6 +411,18 @@ def _build(cls, data, where: str, provenance: dict, leaf: str):
     return cls(**values)
 
 
+# The first Trove release (Victoria) whose guest agent runs datastores in
+# containers on an engine inside the guest.
+FIRST_CONTAINER_AGENT = 14
+
+
+def _major(version: str | None) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
 def _validate(p: Profile, provenance: dict, leaf: str, known_elements) -> None:
     def err(dotted, message):
         raise ProfileError(provenance.get(dotted, leaf), dotted, message)
@@ -430,6 +442,11 @@ def _validate(p: Profile, provenance: dict, leaf: str, known_elements) -> None:
                 "a production image takes the agent from a release")
         if "dev-access" in p.elements:
             err("elements", "'dev-access' is for development images only")
+    if p.datastore is not None and p.datastore.runtime == "package" and \
+            ga.install == "release" and _major(ga.version) >= FIRST_CONTAINER_AGENT:
+        err("datastore.runtime", f"the Trove {ga.version} guest agent runs its datastore "
+            "in a container (since Trove 14, Victoria) and cannot manage one from OS "
+            "packages; use runtime: container, or guest_agent.install: none")
     if p.datastore is not None and known_elements is not None:
         from .elements import datastores
         stores = datastores(known_elements)

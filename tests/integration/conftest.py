@@ -47,6 +47,12 @@ def prod_mariadb(images_dir) -> BuiltImage:
 
 
 @pytest.fixture(scope="session")
+def mariadb_package(images_dir) -> BuiltImage:
+    """mariadb-package (MariaDB from Debian packages, agentless), once per run."""
+    return _build(images_dir, "mariadb-package")
+
+
+@pytest.fixture(scope="session")
 def trove_checkout(tmp_path_factory) -> Path:
     """A local Trove source tree for the dev loop: the 26.0.0 source
     release from the package index, unpacked (it carries PKG-INFO, so pbr

@@ -39,10 +39,14 @@ def test_manifest_lists_what_the_image_holds(prod_mariadb):
     assert m["profile"]["digest"].startswith("sha256:")
     assert m["guest_agent"]["version"] == "26.0.0"
     assert m["guest_agent"]["venv"] == "/opt/guest-agent-venv"
-    assert "mariadb-server" in m["packages"]
-    assert m["datastore"]["upstream_version"].startswith("10.11")
+    assert "trove" in m["guest_agent"]["python_packages"]
+    # container runtime: the engine on the host OS, the server not
+    assert m["datastore"]["runtime"] == "container"
+    assert m["datastore"]["package"] == "docker.io"
+    assert "docker.io" in m["packages"]
+    assert "mariadb-server" not in m["packages"]
     assert "guest-agent.service" in m["services_enabled"]
-    assert "mariadb.service" in m["services_enabled"]
+    assert "docker.service" in m["services_enabled"]
     assert m["os"]["os_release"]["VERSION_CODENAME"] == "bookworm"
     assert m["tools"]["diskimage-builder"]
     assert m["elements"][:2] == ["debian-minimal", "vm"]
@@ -116,3 +120,16 @@ def test_failed_build_says_why_and_leaves_nothing(tmp_path, prod_mariadb):
     assert "Traceback" not in proc.stderr
     assert not out.exists()
     _no_leftovers(tmp_path)
+
+
+def test_package_runtime_image_holds_the_server(mariadb_package):
+    m = mariadb_package.manifest
+    assert m["datastore"]["package"] == "mariadb-server"
+    assert m["packages"]["mariadb-server"] == m["datastore"]["package_version"]
+    assert m["datastore"]["upstream_version"].startswith("10.11")
+    assert "mariadb.service" in m["services_enabled"]
+    assert m["guest_agent"]["install"] == "none" and m["guest_agent"]["venv"] is None
+    assert "docker.io" not in m["packages"]
+    with imagefs.mounted(mariadb_package.path) as root:
+        assert (root / "usr/sbin/mariadbd").is_file()
+        assert not (root / "opt/guest-agent-venv").exists()

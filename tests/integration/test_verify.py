@@ -74,7 +74,8 @@ def test_booted_contract_production_image(prod_mariadb, tmp_path):
                timeout=2400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for check in ("booted::test_cloud_init_finished_without_errors",
-                  "booted::test_datastore_answers_a_query",
+                  "booted::test_trove_files_injected",
+                  "booted::test_container_engine_active",
                   "booted::test_guest_agent_active",
                   "booted::test_contract_rpc_ping"):
         assert f"PASS prod-mariadb.qcow2: {check}" in proc.stderr, proc.stderr[-4000:]
@@ -82,3 +83,11 @@ def test_booted_contract_production_image(prod_mariadb, tmp_path):
     assert "test_contract_rpc_ping" in cases
     assert cases["test_contract_rpc_ping"].find("failure") is None
     print("booted verify seconds:", json.loads(proc.stdout)["seconds"])
+
+
+def test_booted_package_runtime_image_answers_a_query(mariadb_package):
+    proc = cli("verify", str(mariadb_package.path), "--boot", timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for check in ("booted::test_datastore_service_running",
+                  "booted::test_datastore_answers_a_query"):
+        assert f"PASS mariadb-package.qcow2: {check}" in proc.stderr, proc.stderr[-4000:]

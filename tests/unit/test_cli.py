@@ -75,7 +75,7 @@ def test_profiles_show_with_set():
     assert out[1] == f"# digest: {expected.digest()}"
     shown = yaml.safe_load(result.stdout)
     assert shown["image"]["size"] == "6G"
-    assert shown["datastore"] == {"name": "mariadb", "version": "10.11", "runtime": "package"}
+    assert shown["datastore"] == {"name": "mariadb", "version": "10.11", "runtime": "container"}
     assert shown == expected.to_dict()
 
 
@@ -174,8 +174,8 @@ def test_build_dry_run_prints_the_command(cache, shipped_elements_dir):
     assert len(commands) == 1
     argv = commands[0]
     assert argv[0] == "disk-image-create"
-    assert argv[-6:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
-                         "mariadb", "guest-agent"]
+    assert argv[-7:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
+                         "container-engine", "mariadb", "guest-agent"]
     assert str(shipped_elements_dir) in exports["ELEMENTS_PATH"].split(":")
     assert exports["DIB_RELEASE"] == "bookworm"
     assert exports["TMP_DIR"] == str(cache / "work" / "BUILD" / "tmp")
@@ -262,7 +262,8 @@ def test_build_summary_with_a_user_datastore(fake_build, tmp_path, monkeypatch):
         "name: redis\nruntimes: [package]\npackage: redis-server\n"
         "service: redis-server\ndata_dir: /var/lib/redis\n")
     (tmp_path / "r.yaml").write_text("extends: prod-mariadb\nname: r\n"
-                                     "datastore: {name: redis, version: '7'}\n")
+                                     "datastore: {name: redis, version: '7', runtime: package}\n"
+                                         "guest_agent: {install: none}\n")
     result = run("build", "r.yaml", "--elements-path", "mine")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["image"] == "out/r.qcow2"

@@ -10,6 +10,7 @@ from trove_image_builder.plan import (DEV_KEY_PLACEHOLDER, check_inputs, default
                                       dev_key_path, make_plan)
 
 BASE_ELEMENTS = ("debian-minimal", "vm", "block-device-mbr", "trove-guest")
+CONTAINER = BASE_ELEMENTS + ("container-engine",)
 
 
 @pytest.fixture
@@ -32,11 +33,15 @@ def trove_checkout(tmp_path):
 # make_plan
 
 def test_prod_mariadb_elements_in_order(plan_of):
-    assert plan_of("prod-mariadb").elements == BASE_ELEMENTS + ("mariadb", "guest-agent")
+    assert plan_of("prod-mariadb").elements == CONTAINER + ("mariadb", "guest-agent")
+
+
+def test_package_runtime_needs_no_engine(plan_of):
+    assert plan_of("mariadb-package").elements == BASE_ELEMENTS + ("mariadb",)
 
 
 def test_prod_postgresql_elements_in_order(plan_of):
-    assert plan_of("prod-postgresql").elements == BASE_ELEMENTS + ("postgresql", "guest-agent")
+    assert plan_of("prod-postgresql").elements == CONTAINER + ("postgresql", "guest-agent")
 
 
 def test_prod_mariadb_env(plan_of):
@@ -45,7 +50,7 @@ def test_prod_mariadb_env(plan_of):
     assert env["TROVE_GUEST_AGENT_VERSION"] == "26.0.0"
     assert env["TROVE_GUEST_AGENT_INSTALL"] == "release"
     assert env["TROVE_DATASTORE_VERSION"] == "10.11"
-    assert env["TROVE_DATASTORE_RUNTIME"] == "package"
+    assert env["TROVE_DATASTORE_RUNTIME"] == "container"
     assert env["TROVE_GUEST_USER"] == "trove"
     assert env["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
     assert env["DIB_DISTRIBUTION_MIRROR"] == "http://deb.debian.org/debian"
@@ -70,7 +75,7 @@ def test_dev_profile_adds_dev_access_and_a_key_next_to_the_output(plan_of, trove
                                                                  tmp_path):
     out = tmp_path / "images" / "dev.qcow2"
     plan = plan_of("dev-mariadb", [f"trove_source={trove_checkout}"], output=out)
-    assert plan.elements == BASE_ELEMENTS + ("mariadb", "guest-agent", "dev-access")
+    assert plan.elements == CONTAINER + ("mariadb", "guest-agent", "dev-access")
     assert plan.dev_key == tmp_path / "images" / "dev.id_ed25519"
     assert plan.env["TROVE_DEV_SSH_PUBKEY"] == DEV_KEY_PLACEHOLDER
     assert plan.env["TROVE_GUEST_AGENT_INSTALL"] == "source"
@@ -106,7 +111,7 @@ def test_install_none_drops_the_guest_agent(plan_of):
 
 def test_install_none_on_a_datastore_profile(plan_of):
     plan = plan_of("prod-mariadb", ["guest_agent.install=none"])
-    assert plan.elements == BASE_ELEMENTS + ("mariadb",)
+    assert plan.elements == CONTAINER + ("mariadb",)
 
 
 def test_extra_elements_come_last_without_duplicates(plan_of, write):
@@ -115,7 +120,7 @@ def test_extra_elements_come_last_without_duplicates(plan_of, write):
         name: a
         elements: [growroot, trove-guest, cloud-init-growpart]
     """)
-    assert plan_of(path).elements == BASE_ELEMENTS + (
+    assert plan_of(path).elements == CONTAINER + (
         "mariadb", "guest-agent", "growroot", "cloud-init-growpart")
 
 
@@ -178,7 +183,7 @@ def test_argv_for_prod_mariadb(command):
     assert "-u" not in argv
     assert "-p" not in argv
     # the elements, in the plan's order, end the command line
-    assert tuple(argv[-6:]) == BASE_ELEMENTS + ("mariadb", "guest-agent")
+    assert tuple(argv[-7:]) == CONTAINER + ("mariadb", "guest-agent")
 
 
 def test_argv_size_in_gib(command):

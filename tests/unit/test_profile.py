@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from trove_image_builder import profile as profiles
+from trove_image_builder import elements, profile as profiles
 from trove_image_builder.errors import InputError, ProfileError
 
 TOP_ALLOWED = ("name, description, variant, os, datastore, guest_agent, guest_user, "
@@ -227,9 +227,10 @@ def test_set_beats_variables(write, known):
 
 
 def test_set_dotted_key_overrides_the_field(known):
-    p = profiles.load("prod-mariadb", ["image.size=6G", "datastore.runtime=package"],
+    p = profiles.load("mariadb-package", ["image.size=6G", "datastore.version=10.11"],
                       known_elements=known)
     assert p.image.size == "6G"
+    assert p.datastore.runtime == "package"     # the rest of the section is kept
     assert p.image.format == "qcow2"  # the rest of the section is kept
 
 
@@ -409,11 +410,31 @@ def test_unknown_datastore_is_not_checked_without_known_elements(write):
     assert profiles.load(str(path)).datastore.name == "oracle"
 
 
-def test_unsupported_runtime(write, known):
-    path = write("a.yaml", MINIMAL + "datastore:\n  name: mariadb\n  runtime: container\n")
-    assert error_of(path, known_elements=known) == (
-        "a.yaml: datastore.runtime: 'container' is not supported by the mariadb "
+def test_unsupported_runtime(write, known, tmp_path):
+    folder = tmp_path / "mine" / "redis"
+    folder.mkdir(parents=True)
+    (folder / "datastore.yaml").write_text(
+        "name: redis\nruntimes: [package]\npackage: redis-server\n"
+        "service: redis-server\ndata_dir: /var/lib/redis\n")
+    path = write("a.yaml", MINIMAL + "datastore:\n  name: redis\n  runtime: container\n")
+    assert error_of(path, known_elements=elements.discover([tmp_path / "mine"])) == (
+        "a.yaml: datastore.runtime: 'container' is not supported by the redis "
         "element; it supports: package")
+
+
+def test_package_runtime_refused_for_a_current_agent(write, known):
+    path = write("a.yaml", MINIMAL + "datastore:\n  name: mariadb\n  runtime: package\n"
+                 "guest_agent:\n  install: release\n  version: '26.0.0'\n")
+    assert error_of(path, known_elements=known) == (
+        "a.yaml: datastore.runtime: the Trove 26.0.0 guest agent runs its datastore in a "
+        "container (since Trove 14, Victoria) and cannot manage one from OS packages; use "
+        "runtime: container, or guest_agent.install: none")
+
+
+def test_package_runtime_allowed_for_an_older_agent(write, known):
+    path = write("a.yaml", MINIMAL + "datastore:\n  name: mariadb\n  runtime: package\n"
+                 "guest_agent:\n  install: release\n  version: '13.0.0'\n")
+    assert profiles.load(str(path), known_elements=known).datastore.runtime == "package"
 
 
 def test_unknown_element(write, known):

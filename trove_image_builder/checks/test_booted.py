@@ -43,6 +43,14 @@ def test_datastore_answers_a_query(host, expect):
             f"query answered {result.stdout.strip()!r}"
 
 
+def test_container_engine_active(host, expect):
+    if expect.datastore_runtime != "container":
+        pytest.skip("no container runtime in this image")
+    assert host.service("docker").is_running, "docker.service is not running"
+    result = host.run(f"sudo -u {expect.guest_user} docker info --format '{{{{.ServerVersion}}}}'")
+    assert result.rc == 0, f"the agent's user cannot reach the engine: {result.stderr.strip()}"
+
+
 def test_guest_agent_active(host, expect):
     if expect.agent_install == "none":
         pytest.skip("agentless image")

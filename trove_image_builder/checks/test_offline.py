@@ -32,6 +32,23 @@ def test_datastore_service_enabled(host, expect):
         f"service {expect.datastore_service} is not enabled"
 
 
+def test_container_engine(host, expect):
+    if expect.datastore_runtime != "container":
+        pytest.skip("no container runtime in this image")
+    assert host.package(expect.engine_package).is_installed, \
+        f"the container engine {expect.engine_package} is not installed"
+    assert host.service("docker").is_enabled, "docker.service is not enabled"
+    groups = host.user(expect.guest_user).groups
+    assert "docker" in groups, f"{expect.guest_user} is not in the docker group: {groups}"
+
+
+def test_no_server_package_on_host(host, expect):
+    if expect.datastore_runtime != "container":
+        pytest.skip("the datastore comes from OS packages in this image")
+    assert not host.package(expect.server_package).is_installed, \
+        f"{expect.server_package} is installed on the host OS of a container-runtime image"
+
+
 def test_guest_agent_virtualenv(host, expect):
     entry = host.file(f"{AGENT_VENV}/bin/trove-guestagent")
     if expect.agent_install == "none":

@@ -1,0 +1,315 @@
+"""verify, boot and build --verify through click's test runner; the library's
+verify, boot and build are replaced at the seam (nothing is mounted or booted)."""
+import contextlib
+import json
+from pathlib import Path
+import shlex
+import subprocess
+from types import SimpleNamespace
+
+from click.testing import CliRunner
+import pytest
+
+from trove_image_builder import (boot as boot_mod, build as build_mod, expect as expect_mod,
+                                 profile as profiles, verify as verify_mod)
+from trove_image_builder.cli import main
+from trove_image_builder.errors import VerifyError
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_error(result, message, exit_code=2):
+    """A clean failure: exit code, exactly one 'Error: ...' line, no traceback."""
+    assert result.exit_code == exit_code, (result.output, result.exception)
+    assert result.stderr == f"Error: {message}\n"
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "img.qcow2"
+    path.write_bytes(b"not really an image")
+    return path
+
+
+@pytest.fixture
+def manifest(image):
+    def _write(name="prod-mariadb"):
+        expect_mod.manifest_path(image).write_text(json.dumps(
+            {"profile": {"name": name, "resolved": profiles.load(name).to_dict()},
+             "dev_ssh_key": None}))
+    return _write
+
+
+@pytest.fixture
+def fake_verify(monkeypatch):
+    """verify_mod.verify records its call and returns fake_verify.outcomes."""
+    calls = []
+
+    def verify(image, exp, boot=False, contract=False, junit=None):
+        calls.append({"image": image, "expect": exp, "boot": boot, "contract": contract,
+                      "junit": junit})
+        report = verify_mod.Report(str(image), list(verify.outcomes), {"offline": 1.5})
+        return report
+    verify.outcomes = [verify_mod.Outcome("offline::test_os_release", True),
+                       verify_mod.Outcome("offline::test_no_passwords", False, True, "dev")]
+    verify.calls = calls
+    monkeypatch.setattr(verify_mod, "verify", verify)
+    return verify
+
+
+# --------------------------------------------------------------------------
+# verify: input errors (nothing is run)
+
+def test_verify_missing_image(tmp_path, fake_verify):
+    missing = tmp_path / "nope.qcow2"
+    assert_error(run("verify", str(missing)), f"{missing}: no such image file")
+    assert fake_verify.calls == []
+
+
+def test_verify_without_a_manifest_hints_at_profile(image, fake_verify):
+    result = run("verify", str(image))
+    assert_error(result, f"{image}: no manifest (img.qcow2.manifest.json) next to it; "
+                         "name the profile it was built from with --profile")
+    assert "--profile" in result.stderr
+    assert fake_verify.calls == []
+
+
+def test_verify_manifest_not_json(image, fake_verify):
+    expect_mod.manifest_path(image).write_text("{oops")
+    result = run("verify", str(image))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: {expect_mod.manifest_path(image)}: not valid JSON")
+    assert "Traceback" not in result.output
+
+
+def test_verify_unknown_profile(image, fake_verify):
+    result = run("verify", str(image), "--profile", "no-such-profile")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: ")
+    assert "no-such-profile" in result.stderr
+    assert fake_verify.calls == []
+
+
+# --------------------------------------------------------------------------
+# verify: with the library's verify faked
+
+def test_verify_prints_a_json_summary(image, manifest, fake_verify):
+    manifest("prod-mariadb")
+    result = run("verify", str(image))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"image": str(image), "passed": 1, "skipped": 1,
+                                         "failed": [], "seconds": {"offline": 1.5}}
+    (call,) = fake_verify.calls
+    assert call["image"] == image
+    assert (call["boot"], call["contract"], call["junit"]) == (False, False, None)
+    assert call["expect"].profile == "prod-mariadb"
+    assert call["expect"].datastore_package == "mariadb-server"
+
+
+def test_verify_passes_boot_contract_junit_and_profile(image, fake_verify, tmp_path):
+    result = run("verify", str(image), "--boot", "--contract", "--junit",
+                 str(tmp_path / "r.xml"), "--profile", "prod-postgresql")
+    assert result.exit_code == 0, result.output
+    (call,) = fake_verify.calls
+    assert (call["boot"], call["contract"], call["junit"]) == (True, True, tmp_path / "r.xml")
+    assert call["expect"].datastore_package == "postgresql-15"
+
+
+def test_verify_passes_sets_with_the_profile(image, fake_verify):
+    result = run("verify", str(image), "--profile", "prod-mariadb",
+                 "--set", "trove_version=25.0.0")
+    assert result.exit_code == 0, result.output
+    assert fake_verify.calls[0]["expect"].agent_version == "25.0.0"
+
+
+def test_verify_failed_checks_exit_1(image, manifest, fake_verify):
+    manifest("prod-mariadb")
+    fake_verify.outcomes = [
+        verify_mod.Outcome("offline::test_os_release", False, False, "found ('debian', 'trixie')"),
+        verify_mod.Outcome("offline::test_no_passwords", True),
+        verify_mod.Outcome("offline::image_unchanged", False, False, "the image changed")]
+    result = run("verify", str(image))
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["passed"] == 1 and summary["skipped"] == 0
+    assert summary["failed"] == ["offline::test_os_release: found ('debian', 'trixie')",
+                                 "offline::image_unchanged: the image changed"]
+    assert result.stderr == (f"Error: 2 check(s) failed for {image}: "
+                             "offline::test_os_release, offline::image_unchanged\n")
+
+
+def test_verify_library_error_is_a_clean_error(image, manifest, monkeypatch):
+    manifest("prod-mariadb")
+
+    def verify(*args, **kwargs):
+        raise VerifyError("the offline checks could not run (pytest exit 4)")
+    monkeypatch.setattr(verify_mod, "verify", verify)
+    assert_error(run("verify", str(image)),
+                 "the offline checks could not run (pytest exit 4)", exit_code=1)
+
+
+# --------------------------------------------------------------------------
+# help
+
+def test_verify_help():
+    result = run("verify", "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: main verify [OPTIONS] IMAGE" in result.stdout
+    assert "Check IMAGE: offline (mounted read-only), and booted with --boot." in result.stdout
+    for opt in ("--boot", "--contract", "--profile", "--junit", "--set"):
+        assert opt in result.stdout
+
+
+def test_boot_help():
+    result = run("boot", "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage: main boot [OPTIONS] IMAGE" in result.stdout
+    assert "Boot IMAGE on a throwaway overlay" in result.stdout
+    for opt in ("--ssh", "--profile"):
+        assert opt in result.stdout
+
+
+def test_build_help_has_verify():
+    result = run("build", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--verify" in result.stdout
+    assert "before it is moved into place" in " ".join(result.stdout.split())
+
+
+def test_main_help_lists_verify_and_boot():
+    result = run("--help")
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands:", 1)[1].split()
+    assert "verify" in commands and "boot" in commands
+
+
+# --------------------------------------------------------------------------
+# boot (the library's booted replaced at the seam)
+
+@pytest.fixture
+def fake_booted(monkeypatch, tmp_path):
+    calls = []
+    guest = boot_mod.Guest(ssh_port=40222, user="trove", key=tmp_path / "k",
+                           console=tmp_path / "c", workdir=tmp_path,
+                           instance_id="i-1", accel="tcg",
+                           proc=SimpleNamespace(poll=lambda: 0))
+
+    @contextlib.contextmanager
+    def booted(image, user, files=None, guest_forwards=(), **kwargs):
+        calls.append({"image": image, "user": user, "files": files})
+        yield guest
+    monkeypatch.setattr(boot_mod, "booted", booted)
+    booted.calls = calls
+    booted.guest = guest
+    return booted
+
+
+def test_boot_missing_image(tmp_path, fake_booted):
+    missing = tmp_path / "nope.qcow2"
+    assert_error(run("boot", str(missing)), f"{missing}: no such image file")
+    assert fake_booted.calls == []
+
+
+def test_boot_without_a_manifest_hints_at_profile(image, fake_booted):
+    result = run("boot", str(image))
+    assert result.exit_code == 2
+    assert "--profile" in result.stderr
+    assert fake_booted.calls == []
+
+
+def test_boot_prints_the_ssh_command_and_waits(image, manifest, fake_booted):
+    manifest("prod-mariadb")
+    result = run("boot", str(image))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == shlex.join(fake_booted.guest.ssh_argv()) + "\n"
+    assert "the VM runs until Ctrl-C" in result.stderr
+    (call,) = fake_booted.calls
+    assert (call["image"], call["user"]) == (image, "trove")
+    assert "datastore_manager = mariadb" in call["files"]["/etc/trove/conf.d/guest_info.conf"]
+
+
+def test_boot_ssh_opens_a_session(image, manifest, fake_booted, monkeypatch):
+    manifest("prod-mariadb")
+    sessions = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: sessions.append(argv))
+    result = run("boot", str(image), "--ssh")
+    assert result.exit_code == 0, result.output
+    assert sessions == [fake_booted.guest.ssh_argv()]
+    assert "Ctrl-C" not in result.stderr
+
+
+# --------------------------------------------------------------------------
+# build --verify (the library's build replaced at the seam)
+
+@pytest.fixture
+def fake_build(monkeypatch):
+    calls = []
+
+    def build(profile, output=None, extra_paths=(), backend_name=None, verify_hook=None):
+        calls.append({"profile": profile, "verify_hook": verify_hook})
+        return Path("out/x.qcow2"), {"image": {"sha256": "ab" * 32, "size_bytes": 1},
+                                     "timings": {"total": 1.0}}
+    monkeypatch.setattr(build_mod, "build", build)
+    build.calls = calls
+    return build
+
+
+def test_build_verify_passes_a_hook(fake_build):
+    result = run("build", "prod-mariadb", "--verify")
+    assert result.exit_code == 0, result.output
+    (call,) = fake_build.calls
+    assert callable(call["verify_hook"])
+
+
+def test_build_without_verify_passes_no_hook(fake_build):
+    result = run("build", "prod-mariadb")
+    assert result.exit_code == 0, result.output
+    assert fake_build.calls[0]["verify_hook"] is None
+
+
+@pytest.fixture
+def hook(fake_build):
+    """The hook build --verify hands to the library's build."""
+    def _hook(profile="prod-mariadb", *args):
+        result = run("build", profile, "--verify", *args)
+        assert result.exit_code == 0, result.output
+        return fake_build.calls[-1]["verify_hook"]
+    return _hook
+
+
+def test_build_verify_hook_verifies_with_the_built_profile(hook, fake_verify, tmp_path):
+    image = tmp_path / "built.qcow2"
+    manifest = {}
+    hook("prod-mariadb", "--set", "trove_version=25.0.0")(
+        image, manifest, SimpleNamespace(env={}))
+    (call,) = fake_verify.calls
+    assert call["image"] == image
+    assert (call["boot"], call["contract"]) == (False, False)
+    assert call["expect"].profile == "prod-mariadb"
+    assert call["expect"].agent_version == "25.0.0"
+    assert call["expect"].dev_public_key is None
+    assert manifest["verified"] == {"offline": True, "checks_passed": 1,
+                                    "seconds": {"offline": 1.5}}
+
+
+def test_build_verify_hook_expects_the_builds_dev_key(hook, fake_verify, tmp_path):
+    hook("dev-mariadb", "--set", f"trove_source={tmp_path}")(
+        tmp_path / "x", {}, SimpleNamespace(env={"TROVE_DEV_SSH_PUBKEY": "ssh-ed25519 AAAA k"}))
+    assert fake_verify.calls[0]["expect"].dev_public_key == "ssh-ed25519 AAAA k"
+    assert fake_verify.calls[0]["expect"].production is False
+
+
+def test_build_verify_hook_fails_the_build(hook, fake_verify, tmp_path):
+    fake_verify.outcomes = [verify_mod.Outcome("offline::test_no_passwords", False, False, "x"),
+                            verify_mod.Outcome("offline::test_os_release", True)]
+    manifest = {}
+    with pytest.raises(VerifyError) as err:
+        hook()(tmp_path / "x", manifest, SimpleNamespace(env={}))
+    assert err.value.message == ("the built image failed verification "
+                                 "(offline::test_no_passwords); "
+                                 "nothing was written to the output path")
+    assert "verified" not in manifest
