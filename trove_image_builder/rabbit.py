@@ -113,8 +113,10 @@ def rpc_call(url: str, guest_id: str, method: str = "rpc_ping", timeout: float =
     from oslo_config import cfg
     import oslo_messaging as messaging
 
-    conf = cfg.ConfigOpts()
-    conf([], project="trove-image-builder")
+    # oslo.messaging registers some of its options (metrics, tracing) on the
+    # global CONF only, as the services that use it do: so use that one.
+    conf = cfg.CONF
+    conf([], project="trove-image-builder", default_config_files=[], default_config_dirs=[])
     transport = messaging.get_rpc_transport(conf, url=url)
     try:
         target = messaging.Target(exchange="trove", topic=f"guestagent.{guest_id}",

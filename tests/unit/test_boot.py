@@ -344,6 +344,71 @@ def test_wait_for_ssh_deadline_passed(guest):
         guest.proc.wait()
 
 
+@pytest.fixture
+def ssh_answers(guest, monkeypatch):
+    """guest.ssh answers with the return codes in ssh_answers.codes (then 0),
+    or raises what is there; boot's sleeps take 10 ms."""
+    calls = []
+
+    def ssh(command, timeout=300):
+        calls.append((command, timeout))
+        answer = ssh.codes.pop(0) if ssh.codes else 0
+        if isinstance(answer, BaseException):
+            raise answer
+        return subprocess.CompletedProcess(command, answer, "",
+                                           "Connection refused" if answer == 255 else "")
+    ssh.codes = []
+    ssh.calls = calls
+    guest.ssh = ssh
+    real_sleep = time.sleep
+    monkeypatch.setattr(boot.time, "sleep", lambda s: real_sleep(0.01))
+    return ssh
+
+
+def test_wait_for_cloud_init_rides_out_sshd_restarting(guest, ssh_answers):
+    ssh_answers.codes = [255, 255, 0]
+    boot._wait_for_cloud_init(guest, time.monotonic() + 60)
+    assert [c for c, _ in ssh_answers.calls] == ["cloud-init status --wait"] * 3
+    assert all(t >= 30 for _, t in ssh_answers.calls)
+
+
+def test_wait_for_cloud_init_done_with_errors_is_for_the_checks(guest, ssh_answers):
+    """cloud-init's own verdict (rc 1 or 2) is test_cloud_init_finished_without_errors's."""
+    ssh_answers.codes = [2]
+    boot._wait_for_cloud_init(guest, time.monotonic() + 60)
+    assert len(ssh_answers.calls) == 1
+
+
+def test_wait_for_cloud_init_gives_up_with_the_console(guest, ssh_answers):
+    guest.console.write_text("cloud-init[612]: still running\n")
+    ssh_answers.codes = [255] * 1000
+    with pytest.raises(VerifyError) as err:
+        boot._wait_for_cloud_init(guest, time.monotonic() + 0.2)
+    assert err.value.message.startswith("cloud-init did not finish within ")
+    assert "(Connection refused)" in err.value.message
+    assert err.value.message.endswith("console:\ncloud-init[612]: still running")
+
+
+def test_wait_for_cloud_init_ssh_timing_out(guest, ssh_answers):
+    ssh_answers.codes = [subprocess.TimeoutExpired("ssh", 30)]
+    with pytest.raises(VerifyError, match="cloud-init did not finish"):
+        boot._wait_for_cloud_init(guest, time.monotonic() + 60)
+    assert len(ssh_answers.calls) == 1
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="package bug: _wait_for_cloud_init does not watch qemu; a guest "
+                          "that powers off or reboots (-no-reboot) after ssh answered is "
+                          "waited for until the deadline (up to BOOT_TIMEOUT)")
+def test_wait_for_cloud_init_notices_qemu_exiting(guest, ssh_answers):
+    guest.proc = subprocess.Popen(["sh", "-c", "exit 0"])
+    guest.proc.wait()
+    ssh_answers.codes = [255] * 1000
+    with pytest.raises(VerifyError) as err:
+        boot._wait_for_cloud_init(guest, time.monotonic() + 0.5)
+    assert "qemu exited" in err.value.message
+
+
 # --------------------------------------------------------------------------
 # booted_checks, with booted and run_checks replaced at the seam
 

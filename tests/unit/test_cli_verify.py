@@ -107,7 +107,7 @@ def test_verify_prints_a_json_summary(image, manifest, fake_verify):
     assert call["image"] == image
     assert (call["boot"], call["contract"], call["junit"]) == (False, False, None)
     assert call["expect"].profile == "prod-mariadb"
-    assert call["expect"].datastore_package == "mariadb-server"
+    assert call["expect"].server_package == "mariadb-server"
 
 
 def test_verify_passes_boot_contract_junit_and_profile(image, fake_verify, tmp_path):
@@ -116,7 +116,7 @@ def test_verify_passes_boot_contract_junit_and_profile(image, fake_verify, tmp_p
     assert result.exit_code == 0, result.output
     (call,) = fake_verify.calls
     assert (call["boot"], call["contract"], call["junit"]) == (True, True, tmp_path / "r.xml")
-    assert call["expect"].datastore_package == "postgresql-15"
+    assert call["expect"].server_package == "postgresql-15"
 
 
 def test_verify_passes_sets_with_the_profile(image, fake_verify):

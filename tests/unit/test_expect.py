@@ -20,11 +20,11 @@ def image(tmp_path) -> Path:
 
 @pytest.fixture
 def manifest(image):
-    """manifest(profile_name, **extra) -> Path: the manifest a build of that
-    profile writes next to the image (the parts expect.load reads)."""
-    def _write(name="prod-mariadb", **extra):
+    """manifest(profile_name, sets, **extra) -> Path: the manifest a build of
+    that profile writes next to the image (the parts expect.load reads)."""
+    def _write(name="prod-mariadb", sets=(), **extra):
         data = {"schema": 1,
-                "profile": {"name": name, "resolved": profiles.load(name).to_dict()},
+                "profile": {"name": name, "resolved": profiles.load(name, sets).to_dict()},
                 "dev_ssh_key": None, **extra}
         path = expect.manifest_path(image)
         path.write_text(json.dumps(data, indent=2))
@@ -43,8 +43,11 @@ def test_load_from_the_manifest(image, manifest):
     assert exp.profile == "prod-mariadb"
     assert (exp.distro, exp.release, exp.guest_user) == ("debian", "bookworm", "trove")
     assert exp.datastore == "mariadb"
-    assert exp.datastore_runtime == "package"
-    assert exp.datastore_package == "mariadb-server"
+    # the datastore runs in a container: an engine on the host OS, no server package
+    assert exp.datastore_runtime == "container"
+    assert exp.engine_package == "docker.io"
+    assert exp.datastore_package is None
+    assert exp.server_package == "mariadb-server"
     assert exp.datastore_version == "10.11"
     assert exp.datastore_service == "mariadb"
     assert "SELECT VERSION()" in exp.datastore_query
@@ -54,13 +57,36 @@ def test_load_from_the_manifest(image, manifest):
     assert exp.dev_public_key is None
 
 
+def test_load_a_package_runtime_manifest(image, manifest):
+    manifest("mariadb-package")
+    exp = expect.load(image)
+    assert exp.profile == "mariadb-package"
+    assert exp.datastore_runtime == "package"
+    assert exp.datastore_package == "mariadb-server"
+    assert exp.server_package == "mariadb-server"
+    assert exp.engine_package is None
+    assert exp.datastore_service == "mariadb"
+    assert exp.agent_install == "none"
+    assert exp.agent_version is None
+    assert exp.production is True
+
+
 def test_load_postgresql_names_the_versioned_package(image, manifest):
     manifest("prod-postgresql")
     exp = expect.load(image)
     assert exp.datastore == "postgresql"
-    assert exp.datastore_package == "postgresql-15"
+    assert exp.server_package == "postgresql-15"
+    assert exp.datastore_package is None
     assert exp.datastore_service == "postgresql"
     assert exp.datastore_version == "15"
+
+
+def test_load_postgresql_from_packages(image, manifest):
+    manifest("prod-postgresql", ("datastore.runtime=package", "guest_agent.install=none"))
+    exp = expect.load(image)
+    assert exp.datastore_runtime == "package"
+    assert exp.datastore_package == "postgresql-15"
+    assert exp.engine_package is None
 
 
 def test_load_a_development_manifest(image, manifest):
@@ -71,22 +97,29 @@ def test_load_a_development_manifest(image, manifest):
     assert exp.agent_install == "source"
     # only a release install has a version to check
     assert exp.agent_version is None
-    assert exp.datastore_package == "mariadb-server"
+    assert exp.server_package == "mariadb-server"
 
 
 def test_profile_option_overrides_the_manifest(image, manifest):
     manifest("prod-mariadb")
     exp = expect.load(image, "prod-postgresql")
     assert exp.profile == "prod-postgresql"
-    assert exp.datastore_package == "postgresql-15"
+    assert exp.server_package == "postgresql-15"
     assert exp.datastore_service == "postgresql"
+
+
+def test_agent_version_only_for_a_release_install(image):
+    """A source install runs whatever the checkout holds: no version to check."""
+    exp = expect.load(image, "dev-mariadb", ("guest_agent.version=25.0.0",))
+    assert exp.agent_install == "source"
+    assert exp.agent_version is None
 
 
 def test_profile_option_without_a_manifest(image):
     assert not expect.manifest_path(image).exists()
     exp = expect.load(image, "prod-mariadb")
     assert exp.profile == "prod-mariadb"
-    assert exp.datastore_package == "mariadb-server"
+    assert exp.server_package == "mariadb-server"
     assert exp.agent_version == "26.0.0"
 
 
@@ -120,7 +153,7 @@ def test_dev_key_missing_pub_file_is_no_key(image, manifest, tmp_path):
 def test_to_dict_has_every_field(image, manifest):
     manifest("prod-mariadb")
     data = expect.load(image).to_dict()
-    assert data["datastore_package"] == "mariadb-server"
+    assert data["server_package"] == "mariadb-server"
     assert data["agent_version"] == "26.0.0"
     assert set(data) == set(expect.Expectations.__dataclass_fields__)
 

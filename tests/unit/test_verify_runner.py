@@ -18,7 +18,7 @@ import pytest
 
 def test_passes(host, expect):
     assert host.file("/").is_directory
-    assert expect.datastore_package == "mariadb-server"
+    assert expect.server_package == "mariadb-server"
 
 
 def test_fails(host, expect):
@@ -123,8 +123,8 @@ def test_plugin_assert_without_a_message(checks_file, prod_expect):
     report = verify.Report("/images/x.qcow2")
     run_plugin(checks_file("def test_bare(host):\n    assert 1 == 2\n"), prod_expect, report)
     (outcome,) = report.outcomes
-    assert (outcome.check, outcome.passed, outcome.skipped) == ("offline::test_bare",
-                                                                 False, False)
+    assert (outcome.check, outcome.passed, outcome.skipped) == \
+        ("offline::test_bare", False, False)
     assert outcome.message == "assert 1 == 2"
 
 
