@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 
-from . import __version__, backends, elements, host, imagefs, log
+from . import __version__, backends, elements, host, imagefs, images, log
 from .cleanup import release_workdir, terminate_as_interrupt
 from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
                        venv_packages)
@@ -74,6 +74,8 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
         release = os_release(root)
         units = enabled_units(root)
         agent_pkgs = venv_packages(root, AGENT_VENV)
+        preloaded = root / "var/lib/trove-images/images.list"
+        preloaded = preloaded.read_text().split("\n") if preloaded.is_file() else []
         entry = (root / AGENT_VENV.lstrip("/") / "bin/trove-guestagent").exists()
     contents = {
         "os": {"distro": prof.os.distro, "release": prof.release,
@@ -86,6 +88,7 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
                         "venv": AGENT_VENV if entry else None,
                         "python_packages": agent_pkgs},
         "datastore": None,
+        "_preloaded": [ln.split() for ln in preloaded if ln.strip()],
     }
     if prof.datastore is not None:
         info = elements.datastores(elements.discover())[prof.datastore.name].datastore
@@ -103,6 +106,14 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
     return contents
 
 
+def _image_entries(prepared, contents) -> list:
+    """The manifest's record of each preloaded image, with whether the
+    built image really holds it (read from its images.list)."""
+    in_image = {(ref, image_id) for ref, _file, image_id in contents.pop("_preloaded", [])}
+    return [{**p.manifest_entry(), "in_image": (p.ref, p.image_id) in in_image}
+            for p in prepared]
+
+
 def check_contents(contents: dict, plan: BuildPlan) -> None:
     """Refuse an image that does not hold what the profile asked for."""
     prof = plan.profile
@@ -112,7 +123,11 @@ def check_contents(contents: dict, plan: BuildPlan) -> None:
     if prof.guest_agent.install == "release" and ga["version"] != prof.guest_agent.version:
         raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
                          f"asks for {prof.guest_agent.version}")
+    contents.pop("_preloaded", None)
     ds = contents["datastore"]
+    missing = [i["ref"] for i in (ds or {}).get("images", []) if not i["in_image"]]
+    if missing:
+        raise BuildError(f"preloaded images missing from the image: {', '.join(missing)}")
     if ds and not ds["package_version"]:
         raise BuildError(f"the image lacks the package {ds['package']}")
     if ds and ds["runtime"] == "container" and ds["server_package_on_host"]:
@@ -146,11 +161,22 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
                     env = dict(plan.env)
                     env["TROVE_DEV_SSH_PUBKEY"] = (workdir / "id_ed25519.pub").read_text().strip()
                     plan = BuildPlan(**{**plan.__dict__, "env": env})
+            prepared = []
+            if profile.datastore is not None and profile.datastore.images:
+                with log.step("prepare the preloaded container images", timings, "images"):
+                    prepared = images.prepare(profile.datastore.images, workdir, profile.source)
+                    listed = images.write_list(prepared, workdir / "container-images.list")
+                    plan = BuildPlan(**{**plan.__dict__, "env": {
+                        **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)}})
+                    for p in prepared:
+                        log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
             with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
                           timings, "backend"):
                 image = backend.build(plan, workdir, cache, side["log"], timings)
             with log.step("read the image's contents", timings, "inspect"):
                 contents = read_contents(image, plan)
+                if contents["datastore"] is not None:
+                    contents["datastore"]["images"] = _image_entries(prepared, contents)
                 check_contents(contents, plan)
             with log.step("checksum", timings, "checksum"):
                 digest = sha256_of(image)

@@ -30,6 +30,7 @@ class Expectations:
     datastore_service: str | None
     datastore_query: str | None
     dev_public_key: str | None
+    images: tuple = ()                 # (ref, image_id or None) preloaded
 
     @property
     def production(self) -> bool:
@@ -43,7 +44,8 @@ def manifest_path(image: Path) -> Path:
     return image.with_name(image.name + ".manifest.json")
 
 
-def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None) -> Expectations:
+def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None,
+                 images=None) -> Expectations:
     ds = prof.datastore
     info = None
     if ds is not None:
@@ -62,7 +64,9 @@ def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None) -> Expe
         datastore_version=ds.version if ds else None,
         datastore_service=info.service if info else None,
         datastore_query=info.query if info else None,
-        dev_public_key=dev_key_text)
+        dev_public_key=dev_key_text,
+        images=tuple(images) if images is not None else
+        tuple((i.ref, None) for i in (ds.images if ds else ())))
 
 
 def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:
@@ -82,9 +86,12 @@ def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:
         pub = Path(manifest["dev_ssh_key"] + ".pub")
         if pub.is_file():
             dev_key = pub.read_text().strip()
+    images = None
+    if manifest and (manifest.get("datastore") or {}).get("images") is not None:
+        images = [(i["ref"], i["image_id"]) for i in manifest["datastore"]["images"]]
     if profile_ref:
         prof = profiles.load(profile_ref, sets, known_elements=elements.discover())
-        return from_profile(image, prof, dev_key)
+        return from_profile(image, prof, dev_key, images)
     if manifest is None:
         raise InputError(f"{image}: no manifest ({mpath.name}) next to it; "
                          "name the profile it was built from with --profile")
@@ -93,4 +100,4 @@ def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:
         prof = profiles.from_dict(resolved, source=str(mpath))
     except (KeyError, TypeError) as exc:
         raise InputError(f"{mpath}: no resolved profile in the manifest ({exc})") from exc
-    return from_profile(image, prof, dev_key)
+    return from_profile(image, prof, dev_key, images)

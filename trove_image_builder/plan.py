@@ -8,8 +8,9 @@ from .elements import Element, datastores, search_path
 from .errors import InputError
 from .profile import DISTROS, Profile
 
-# Set at build time (a per-build key); shown this way by --dry-run.
+# Set at build time; shown this way by --dry-run.
 DEV_KEY_PLACEHOLDER = "<per-build key, generated at build time>"
+IMAGES_PLACEHOLDER = "<list of preloaded image archives, written at build time>"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         env["TROVE_DATASTORE_RUNTIME"] = ds.runtime
         if ds.version:
             env["TROVE_DATASTORE_VERSION"] = ds.version
+        if ds.images:
+            env["TROVE_CONTAINER_IMAGES_LIST"] = IMAGES_PLACEHOLDER
 
     ga = profile.guest_agent
     env["TROVE_GUEST_AGENT_INSTALL"] = ga.install

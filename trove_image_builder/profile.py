@@ -60,11 +60,19 @@ class OsSpec:
 
 
 @dataclass(frozen=True)
+class ContainerImage:
+    ref: str = setting(None, help="image reference, as Trove will ask for it (e.g. mariadb:10.11)")
+    archive: str = setting(None, help="docker-archive tarball or OCI layout (folder or tar)")
+
+
+@dataclass(frozen=True)
 class DatastoreSpec:
     name: str = setting(None, help="datastore element (a folder with datastore.yaml)")
     version: str | None = setting(None, kind="str?", help="datastore version")
     runtime: str = setting("package", choices=("package", "container"),
                            help="how the datastore runs in the guest")
+    images: tuple = setting(kind="images", factory=tuple,
+                            help="container images preloaded into the image (runtime: container)")
 
 
 @dataclass(frozen=True)
@@ -393,6 +401,16 @@ def _build(cls, data, where: str, provenance: dict, leaf: str):
         if name not in data:
             continue
         value = data[name]
+        if kind == "images":
+            if value is None:
+                values[name] = ()
+                continue
+            if not isinstance(value, list):
+                raise ProfileError(source_of(dotted), dotted,
+                                   "must be a list of {ref: ..., archive: ...}")
+            values[name] = tuple(_build(ContainerImage, item, f"{dotted}[{n}]", provenance, leaf)
+                                 for n, item in enumerate(value))
+            continue
         if kind in ("section", "section?"):
             if value is None and kind == "section?":
                 values[name] = None
@@ -442,6 +460,8 @@ def _validate(p: Profile, provenance: dict, leaf: str, known_elements) -> None:
                 "a production image takes the agent from a release")
         if "dev-access" in p.elements:
             err("elements", "'dev-access' is for development images only")
+    if p.datastore is not None and p.datastore.images and p.datastore.runtime != "container":
+        err("datastore.images", "preloaded images need runtime: container")
     if p.datastore is not None and p.datastore.runtime == "package" and \
             ga.install == "release" and _major(ga.version) >= FIRST_CONTAINER_AGENT:
         err("datastore.runtime", f"the Trove {ga.version} guest agent runs its datastore "
@@ -523,6 +543,9 @@ def describe_settings() -> list[tuple[str, str, str]]:
                 sub = {"os": OsSpec, "datastore": DatastoreSpec,
                        "guest_agent": GuestAgentSpec, "image": ImageSpec}[f.name]
                 walk(sub, f"{prefix}{f.name}.")
+                continue
+            if kind == "images":
+                walk(ContainerImage, f"{prefix}{f.name}[].")
                 continue
             choices = f.metadata.get("choices")
             allowed = " | ".join(choices) if choices else (

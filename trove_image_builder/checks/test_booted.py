@@ -51,6 +51,22 @@ def test_container_engine_active(host, expect):
     assert result.rc == 0, f"the agent's user cannot reach the engine: {result.stderr.strip()}"
 
 
+def test_preloaded_images_listed_without_a_pull(host, expect):
+    """The guest's network reaches no registry (restrict=on): an image the
+    engine lists was loaded from the image, not pulled."""
+    if not expect.images:
+        pytest.skip("no preloaded container images in this image")
+    state = host.run("systemctl is-active trove-preload-images").stdout.strip()
+    assert state == "active", "trove-preload-images.service is " + state + ": " + \
+        host.run("sudo journalctl -u trove-preload-images --no-pager -n 10").stdout[-600:]
+    for ref, image_id in expect.images:
+        result = host.run(f"sudo docker image inspect --format '{{{{.Id}}}}' {ref}")
+        assert result.rc == 0, f"the engine does not list {ref}: {result.stderr.strip()}"
+        if image_id:
+            assert result.stdout.strip() == image_id, \
+                f"{ref} is {result.stdout.strip()}, expected {image_id}"
+
+
 def test_guest_agent_active(host, expect):
     if expect.agent_install == "none":
         pytest.skip("agentless image")

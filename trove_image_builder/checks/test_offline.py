@@ -49,6 +49,25 @@ def test_no_server_package_on_host(host, expect):
         f"{expect.server_package} is installed on the host OS of a container-runtime image"
 
 
+def test_preloaded_images(host, expect):
+    if not expect.images:
+        pytest.skip("no preloaded container images in this image")
+    listing = host.file("/var/lib/trove-images/images.list")
+    assert listing.exists, "no /var/lib/trove-images/images.list"
+    held = {ln.split()[0]: ln.split()[1:] for ln in listing.content_string.splitlines()
+            if ln.strip()}
+    for ref, image_id in expect.images:
+        assert ref in held, f"{ref} is not preloaded (found: {sorted(held)})"
+        archive = f"/var/lib/trove-images/{held[ref][0]}"
+        config = host.check_output(f"tar -xOf {archive} manifest.json")
+        found = "sha256:" + config.split('"Config":"', 1)[1].split('"', 1)[0] \
+            .rsplit("/", 1)[-1].removesuffix(".json")
+        if image_id:
+            assert found == image_id, f"{ref}: the archive holds {found}, expected {image_id}"
+    assert host.service("trove-preload-images").is_enabled, \
+        "trove-preload-images.service is not enabled"
+
+
 def test_guest_agent_virtualenv(host, expect):
     entry = host.file(f"{AGENT_VENV}/bin/trove-guestagent")
     if expect.agent_install == "none":
