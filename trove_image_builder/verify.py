@@ -3,6 +3,7 @@ read-only) and, with boot, against the image booted in qemu."""
 from dataclasses import dataclass, field
 import hashlib
 from pathlib import Path
+import tempfile
 import time
 
 import pytest
@@ -119,28 +120,23 @@ def verify(image: Path, expect: Expectations, boot=False, contract=False,
            junit: Path | None = None) -> Report:
     image = Path(image).resolve()
     report = Report(str(image))
-    offline(image, expect, report, junit=_junit_part(junit, "offline"))
-    if boot or contract:
-        from .boot import booted_checks
-        booted_checks(image, expect, report, contract=contract,
-                      junit=_junit_part(junit, "booted"))
-    if junit is not None:
-        _merge_junit(junit)
+    with tempfile.TemporaryDirectory(prefix="tib-junit-") as parts:
+        def part(stage):
+            return Path(parts) / f"{stage}.xml" if junit is not None else None
+        offline(image, expect, report, junit=part("offline"))
+        if boot or contract:
+            from .boot import booted_checks
+            booted_checks(image, expect, report, contract=contract, junit=part("booted"))
+        if junit is not None:
+            _merge_junit(Path(junit), [part("offline"), part("booted")])
     return report
 
 
-def _junit_part(junit: Path | None, stage: str) -> Path | None:
-    if junit is None:
-        return None
-    return Path(junit).with_name(f".{Path(junit).name}.{stage}")
-
-
-def _merge_junit(junit: Path) -> None:
+def _merge_junit(junit: Path, parts) -> None:
     """One JUnit file with a test suite per stage."""
     import xml.etree.ElementTree as ET
     root = ET.Element("testsuites")
-    for stage in ("offline", "booted"):
-        part = _junit_part(junit, stage)
+    for stage, part in zip(("offline", "booted"), parts):
         if part.is_file():
             tree = ET.parse(part)
             for suite in tree.getroot().iter("testsuite"):

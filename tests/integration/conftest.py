@@ -1,6 +1,7 @@
 """Real images, built once per test run and shared by the tests."""
 import json
 import os
+import shutil
 from pathlib import Path
 import subprocess
 import sys
@@ -72,6 +73,46 @@ def trove_checkout(tmp_path_factory) -> Path:
 def dev_mariadb(images_dir, trove_checkout) -> BuiltImage:
     """dev-mariadb built for real, agent from the local source tree."""
     return _build(images_dir, "dev-mariadb", "--set", f"trove_source={trove_checkout}")
+
+
+@pytest.fixture(scope="session")
+def small_image_layout(tmp_path_factory) -> tuple[Path, Path]:
+    """A small container image made here with real tools from the OS
+    packages: a busybox root file system packed by umoci into an OCI layout,
+    and the same image as a docker-archive by skopeo. Returns both."""
+    where = tmp_path_factory.mktemp("container-image")
+    layout, bundle = where / "layout", where / "bundle"
+
+    def sh(*argv):
+        subprocess.run(argv, check=True, capture_output=True, text=True, cwd=where)
+
+    sh("umoci", "init", "--layout", str(layout))
+    sh("umoci", "new", "--image", f"{layout}:10.11")
+    sh("umoci", "unpack", "--rootless", "--image", f"{layout}:10.11", str(bundle))
+    (bundle / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", bundle / "rootfs" / "bin" / "busybox")
+    (bundle / "rootfs" / "bin" / "sh").symlink_to("busybox")
+    sh("umoci", "repack", "--image", f"{layout}:10.11", str(bundle))
+    sh("umoci", "config", "--image", f"{layout}:10.11", "--config.cmd", "/bin/sh")
+    archive = where / "mariadb-10.11.tar"
+    sh("skopeo", "copy", "--quiet", f"oci:{layout}:10.11",
+       f"docker-archive:{archive}:mariadb:10.11")
+    return layout, archive
+
+
+@pytest.fixture(scope="session")
+def prod_mariadb_preloaded(images_dir, small_image_layout) -> BuiltImage:
+    """A production profile extending prod-mariadb with one preloaded image,
+    given as an OCI layout (the build converts it)."""
+    layout, _archive = small_image_layout
+    profile = images_dir / "prod-mariadb-preloaded.yaml"
+    profile.write_text(
+        "extends: prod-mariadb\n"
+        "name: prod-mariadb-preloaded\n"
+        "datastore:\n"
+        "  images:\n"
+        f"    - {{ref: 'mariadb:10.11', archive: '{layout}'}}\n")
+    return _build(images_dir, str(profile))
 
 
 @pytest.fixture(scope="session", autouse=True)
