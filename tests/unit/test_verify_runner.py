@@ -264,21 +264,20 @@ def write_suite(path: Path, names, failing=()) -> Path:
     return path
 
 
-def write_part(junit: Path, stage: str, names, failing=()) -> Path:
-    return write_suite(verify._junit_part(junit, stage), names, failing)
+@pytest.fixture
+def parts(tmp_path):
+    """Where the stages' JUnit files are written before the merge."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    return {"offline": folder / "offline.xml", "booted": folder / "booted.xml"}
 
 
-def test_junit_part_names(tmp_path):
-    assert verify._junit_part(tmp_path / "r.xml", "offline") == tmp_path / ".r.xml.offline"
-    assert verify._junit_part(None, "booted") is None
-
-
-def test_merge_junit_two_parts(tmp_path):
+def test_merge_junit_two_parts(tmp_path, parts):
     junit = tmp_path / "report.xml"
-    parts = [write_part(junit, "offline", ["test_os_release", "test_no_passwords"]),
-             write_part(junit, "booted", ["test_guest_agent_active"],
-                        failing=["test_guest_agent_active"])]
-    verify._merge_junit(junit)
+    write_suite(parts["offline"], ["test_os_release", "test_no_passwords"])
+    write_suite(parts["booted"], ["test_guest_agent_active"],
+                failing=["test_guest_agent_active"])
+    verify._merge_junit(junit, [parts["offline"], parts["booted"]])
     root = ET.parse(junit).getroot()
     assert root.tag == "testsuites"
     suites = root.findall("testsuite")
@@ -287,16 +286,26 @@ def test_merge_junit_two_parts(tmp_path):
     assert [[c.get("name") for c in s.iter("testcase")] for s in suites] == [
         ["test_os_release", "test_no_passwords"], ["test_guest_agent_active"]]
     assert suites[1].find("testcase/failure") is not None
-    assert not any(p.exists() for p in parts)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.xml"]
+    assert suites[1].get("failures") == "1"
+    assert not any(p.exists() for p in parts.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts", "report.xml"]
 
 
-def test_merge_junit_offline_only(tmp_path):
+def test_merge_junit_offline_only(tmp_path, parts):
     junit = tmp_path / "report.xml"
-    write_part(junit, "offline", ["test_os_release"])
-    verify._merge_junit(junit)
+    write_suite(parts["offline"], ["test_os_release"])
+    verify._merge_junit(junit, [parts["offline"], parts["booted"]])
     suites = ET.parse(junit).getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["trove-image-builder offline"]
+    assert [c.get("name") for c in suites[0].iter("testcase")] == ["test_os_release"]
+
+
+def test_merge_junit_replaces_an_old_report(tmp_path, parts):
+    junit = tmp_path / "report.xml"
+    junit.write_text("stale")
+    write_suite(parts["offline"], ["test_os_release"])
+    verify._merge_junit(junit, [parts["offline"], parts["booted"]])
+    assert len(ET.parse(junit).getroot().findall("testsuite")) == 1
 
 
 # --------------------------------------------------------------------------
@@ -398,9 +407,27 @@ def test_verify_junit_has_a_suite_per_stage(image, prod_expect, fake_checks, fak
     junit = tmp_path / "report.xml"
     fake_checks.effect = lambda call: write_suite(call["junit"], ["test_fake"])
     verify.verify(image, prod_expect, boot=True, junit=junit)
-    assert fake_checks.calls[1][1]["junit"] == tmp_path / ".report.xml.offline"
-    assert fake_booted[0]["junit"] == tmp_path / ".report.xml.booted"
+    offline_part = fake_checks.calls[1][1]["junit"]
+    booted_part = fake_booted[0]["junit"]
+    assert offline_part is not None and booted_part is not None
+    assert len({offline_part, booted_part, junit}) == 3
     suites = ET.parse(junit).getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["trove-image-builder offline",
                                                "trove-image-builder booted"]
-    assert not list(tmp_path.glob(".report.xml.*"))
+    # the parts are gone; nothing but the report is left beside it
+    assert not offline_part.exists() and not booted_part.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt", "report.xml", "x.qcow2"]
+
+
+def test_verify_junit_offline_only(image, prod_expect, fake_checks, fake_booted, tmp_path):
+    junit = tmp_path / "report.xml"
+    fake_checks.effect = lambda call: write_suite(call["junit"], ["test_fake"])
+    verify.verify(image, prod_expect, junit=junit)
+    suites = ET.parse(junit).getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == ["trove-image-builder offline"]
+
+
+def test_verify_without_junit_writes_none(image, prod_expect, fake_checks, fake_booted):
+    verify.verify(image, prod_expect, boot=True)
+    assert fake_checks.calls[1][1]["junit"] is None
+    assert fake_booted[0]["junit"] is None

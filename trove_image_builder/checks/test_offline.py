@@ -40,6 +40,12 @@ def test_container_engine(host, expect):
     assert host.service("docker").is_enabled, "docker.service is not enabled"
     groups = host.user(expect.guest_user).groups
     assert "docker" in groups, f"{expect.guest_user} is not in the docker group: {groups}"
+    if expect.agent_install != "none":
+        # the agent's network plugin, socket-activated, as upstream images have it
+        assert host.service("docker-hostnic.socket").is_enabled, \
+            "docker-hostnic.socket (the agent's network plugin) is not enabled"
+        assert host.file("/opt/guest-agent-venv/bin/trove-docker-plugin").exists, \
+            "the agent's trove-docker-plugin is missing"
 
 
 def test_no_server_package_on_host(host, expect):
