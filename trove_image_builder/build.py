@@ -143,7 +143,8 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
     plan = plan_for(profile, output, extra_paths, known)
     check_inputs(plan)
     backend = backends.get(backend_name or profile.backend)
-    host.require(host.checks(backend.tools), "build")
+    host.require(host.checks(backend.tools) + list(getattr(backend, "extra_checks", list)()),
+                 "build")
     out = plan.output.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     timings: dict = {}

@@ -120,7 +120,8 @@ def elements_list(show_all, extra_paths):
 @handle_errors
 def check(backend):
     """Check the host: tools, root, loop devices, partition route, KVM or TCG."""
-    found = host.checks(backends.get(backend).tools)
+    back = backends.get(backend)
+    found = host.checks(back.tools) + list(getattr(back, "extra_checks", list)())
     for c in found:
         mark = "ok  " if c.ok else "FAIL"
         click.echo(f"{mark} {c.name:22} {c.detail}" + (f"  -> {c.fix}" if c.fix else ""))

@@ -7,6 +7,7 @@ from ..errors import InputError
 
 REGISTRY = {
     "dib": "trove_image_builder.backends.dib:DibBackend",
+    "virt-customize": "trove_image_builder.backends.virt_customize:VirtCustomizeBackend",
 }
 
 
