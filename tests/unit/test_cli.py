@@ -342,7 +342,7 @@ def test_unknown_backend_is_a_usage_error():
 
 def test_check_with_unknown_backend():
     assert_error(run("check", "--backend", "nosuch"),
-                 "--backend nosuch: unknown backend; choose one of: dib")
+                 "--backend nosuch: unknown backend; choose one of: dib, virt-customize")
 
 
 def test_unknown_command_is_a_usage_error():

@@ -1,4 +1,6 @@
 """The diskimage-builder backend: runs ``disk-image-create`` on a plan."""
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 import re
@@ -64,6 +66,10 @@ class DibBackend:
         argv, env = self.command(plan, workdir, cache_dir)
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         (cache_dir / "dib").mkdir(parents=True, exist_ok=True)
+        with _cache_lock(cache_dir / "dib"):
+            return self._build(plan, workdir, argv, env, log_path, timings)
+
+    def _build(self, plan, workdir, argv, env, log_path, timings) -> Path:
         # The host's pip configuration (PIP_*) is not the image's.
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         full_env.update(env)
@@ -126,6 +132,22 @@ class DibBackend:
             proc.wait()
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Path):
+    """One DIB build at a time per cache: DIB's apt and bootstrap caches are
+    shared, and apt inside two builds would fight over their locks."""
+    with open(cache / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info(f"waiting for another build that uses the cache {cache}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _tail(path: Path, lines: int) -> str:
