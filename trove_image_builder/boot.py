@@ -158,8 +158,12 @@ def _wait_for_cloud_init(guest: Guest, deadline: float) -> None:
     makes the host keys and restarts sshd)."""
     last = ""
     while time.monotonic() < deadline:
+        if guest.proc is not None and guest.proc.poll() is not None:
+            raise VerifyError(f"qemu exited with code {guest.proc.returncode} while "
+                              f"booting; console:\n{guest.console_tail()}")
         try:
-            proc = guest.ssh("cloud-init status --wait", timeout=max(30, deadline - time.monotonic()))
+            proc = guest.ssh("cloud-init status --wait",
+                             timeout=max(30, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             break
         if proc.returncode != 255:      # 255: ssh itself failed

@@ -81,8 +81,10 @@ def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:
             manifest = json.loads(mpath.read_text())
         except ValueError as exc:
             raise InputError(f"{mpath}: not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict):
+            raise InputError(f"{mpath}: not a manifest (a JSON object is expected)")
     dev_key = None
-    if manifest and manifest.get("dev_ssh_key"):
+    if manifest and isinstance(manifest.get("dev_ssh_key"), str):
         pub = Path(manifest["dev_ssh_key"] + ".pub")
         if pub.is_file():
             dev_key = pub.read_text().strip()

@@ -54,6 +54,14 @@ def mariadb_package(images_dir) -> BuiltImage:
 
 
 @pytest.fixture(scope="session")
+def prod_mariadb_vc(images_dir) -> BuiltImage:
+    """prod-mariadb through the virt-customize backend, once per run."""
+    out = images_dir / "vc"
+    out.mkdir(exist_ok=True)
+    return _build(out, "prod-mariadb", "--backend", "virt-customize")
+
+
+@pytest.fixture(scope="session")
 def trove_checkout(tmp_path_factory) -> Path:
     """A local Trove source tree for the dev loop: the 26.0.0 source
     release from the package index, unpacked (it carries PKG-INFO, so pbr

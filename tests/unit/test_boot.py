@@ -396,10 +396,6 @@ def test_wait_for_cloud_init_ssh_timing_out(guest, ssh_answers):
     assert len(ssh_answers.calls) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="package bug: _wait_for_cloud_init does not watch qemu; a guest "
-                          "that powers off or reboots (-no-reboot) after ssh answered is "
-                          "waited for until the deadline (up to BOOT_TIMEOUT)")
 def test_wait_for_cloud_init_notices_qemu_exiting(guest, ssh_answers):
     guest.proc = subprocess.Popen(["sh", "-c", "exit 0"])
     guest.proc.wait()

@@ -222,10 +222,6 @@ def test_manifest_with_an_invalid_resolved_profile(image, manifest):
     assert err.value.message.startswith(f"{path}: colour: unknown key")
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError),
-                   reason="package bug: expect.load assumes the manifest is a JSON object "
-                          "and dev_ssh_key a string (expect.py, manifest.get / "
-                          "dev_ssh_key + '.pub'); the CLI then reports an internal error")
 @pytest.mark.parametrize("text", ["[1]", '"text"', '{"dev_ssh_key": 5, "profile": {}}'])
 def test_manifest_of_the_wrong_shape_is_an_input_error(image, text):
     expect.manifest_path(image).write_text(text)

@@ -398,9 +398,10 @@ class VirtCustomizeBackend:
              str(overlay)])
         with open(log_path, "w", encoding="utf-8") as logf:
             hooks = self._hooks(own, env, workdir, logf)
-            g = self.guestfs()
+            # libguestfs reads its settings when the handle is made
             for key, value in host.libguestfs_env().items():
                 os.environ.setdefault(key, value)
+            g = self.guestfs()
             try:
                 g.set_network(True)
                 g.set_memsize(2048)
