@@ -345,11 +345,6 @@ def test_shipped_elements_are_all_runnable(own_of, profile):
     assert refuse_unrunnable(own) is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="package bug: REFUSED_PHASES (virt_customize.py:41) lacks DIB's "
-                          "post-root.d (run outside the chroot after root.d, "
-                          "disk-image-create 'run_d post-root'); such scripts are silently "
-                          "skipped instead of refused")
 def test_post_root_phase_is_refused(user_elements):
     element = user_elements("tib-post-root", {"post-root.d/10-x": SCRIPT.format("x")})
     try:
@@ -479,8 +474,10 @@ PACKAGES = """
     """
 
 
-@pytest.mark.parametrize("flavour, conditional", [("a", ["only-a", "tight-a"]),
-                                                 ("b", ["not-a"])])
+@pytest.mark.parametrize("flavour, conditional", [
+    ("a", ["only-a", "tight-a"]),
+    ("b", ["not-a"]),
+])
 def test_package_actions(user_elements, flavour, conditional):
     element = user_elements("tib-pkgs", {"package-installs.yaml": PACKAGES})
     assert package_actions([element], {"TROVE_FLAVOUR": flavour}) == {
@@ -623,11 +620,6 @@ def test_base_key_ignores_what_the_elements_add(plan_of, known, sets):
     assert base_of(changed, known)[1] == key
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="package bug: base_plan (virt_customize.py:177) keeps the profile's "
-                          "image.format, so a raw/vhd profile has DIB make a raw/vhd base that "
-                          "base_image stores as <key>.qcow2 (same key as qcow2) and the overlay "
-                          "is made with -F qcow2")
 def test_base_is_qcow2_whatever_the_output_format(plan_of, known):
     base, _key = base_of(plan_of("prod-mariadb", ["image.format=raw"]), known)
     argv, _env = DibBackend().command(base, Path("/w"), Path("/c"))
@@ -748,12 +740,6 @@ def test_static_files_are_unpacked_at_the_root(backend, own_of, tmp_path, logf):
     assert g.names().index("tar_in") < g.names().index("sh")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="package bug: apply (virt_customize.py:306) adds each static/ "
-                          "folder as '.', with the host's owners and modes; tar_in unpacks as "
-                          "root with --same-owner, so the guest's / (and /etc, /usr/local/"
-                          "sbin...) take the checkout's owner and mode (DIB's install-static "
-                          "uses 'rsync -lCr': root-owned, existing folders untouched)")
 def test_static_tar_leaves_the_guests_root_folder_alone(backend, own_of, tmp_path, logf):
     _plan, own, env = own_of("prod-mariadb")
     g = apply(backend, own, env, tmp_path, logf)
@@ -967,10 +953,6 @@ def test_build_sets_the_backend_before_the_handle_is_made(offline, plan_of, acce
     assert offline.env_at_create == [setting]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="package bug: the profile's packages (plan.packages, DIB's -p) are "
-                          "never installed by the virt-customize backend (base_plan sets "
-                          "packages=(), apply/package_actions never see them)")
 def test_build_installs_the_profiles_packages(offline, plan_of):
     offline.build(plan_of("prod-mariadb", ["packages=[htop]"]))
     [g] = offline.handles

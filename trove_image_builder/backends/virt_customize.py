@@ -17,10 +17,12 @@ backend and cached, keyed by a hash of what made it. A build then:
    package caches);
 5. flattens and compresses the overlay into the output image.
 """
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +40,7 @@ from ..runner import run
 GUEST_PHASES = ("pre-install.d", "install.d", "post-install.d", "finalise.d")
 HOST_PHASES = ("extra-data.d",)
 # Phases that need DIB's own machinery (the build root, the block device).
-REFUSED_PHASES = ("root.d", "block-device.d", "pre-finalise.d", "cleanup.d")
+REFUSED_PHASES = ("root.d", "post-root.d", "block-device.d", "pre-finalise.d", "cleanup.d")
 # DIB elements that only shape the DIB build itself, or come with the base.
 BASE_ONLY = ("vm", "block-device-mbr", "block-device-gpt", "block-device-efi")
 IN_TARGET = "/tmp/in_target.d"
@@ -174,9 +176,17 @@ def base_plan(plan: BuildPlan, dib_elements) -> tuple[BuildPlan, str]:
     key = hashlib.sha256(json.dumps({
         "elements": names, "env": env, "size": prof.image.size, "arch": plan.arch,
         "dib": version("diskimage-builder")}, sort_keys=True).encode()).hexdigest()[:16]
+    # the cached base is always a qcow2 (the overlay's backing file)
+    prof = dataclasses.replace(prof, image=dataclasses.replace(prof.image, format="qcow2"))
     base = BuildPlan(profile=prof, elements=tuple(names), env=env, packages=(),
                      elements_path=plan.elements_path, output=plan.output, arch=plan.arch)
     return base, key
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
 
 
 def _guest_script(phase: str, scripts, installs, uninstalls) -> str:
@@ -235,7 +245,8 @@ class VirtCustomizeBackend:
             bindings = host.Check(
                 "libguestfs bindings", False, f"{os.sys.executable} cannot import guestfs",
                 "install 'python3-guestfs' and use the .venv scripts/install makes")
-        kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+        kernels = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: [
+            int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
         kernel = host.Check("appliance kernel", bool(kernels),
                             str(kernels[-1]) if kernels else "no /boot/vmlinuz-*",
                             "" if kernels else "install 'linux-image-amd64' (supermin "
@@ -277,9 +288,13 @@ class VirtCustomizeBackend:
                             "(it sees Debian's system packages)") from exc
         return guestfs.GuestFS(python_return_dict=True)
 
-    def apply(self, g, own, env: dict, hooks: Path, logf) -> None:
-        """Everything inside one appliance launch (the disk already added)."""
+    def apply(self, g, own, env: dict, hooks: Path, logf, packages=()) -> None:
+        """Everything inside one appliance launch (the disk already added);
+        packages: the profile's extra OS packages."""
         actions = package_actions(own, env)
+        if packages:
+            actions.setdefault("install.d", {"install": [], "uninstall": []})[
+                "install"].extend(packages)
         roots = g.inspect_os()
         if not roots:
             raise BuildError("libguestfs found no operating system in the base image")
@@ -302,8 +317,11 @@ class VirtCustomizeBackend:
         statics = hooks.parent / "static.tar"
         with tarfile.open(statics, "w") as tar:
             for element in own:
-                if (element.path / "static").is_dir():
-                    tar.add(element.path / "static", arcname=".")
+                static = element.path / "static"
+                if static.is_dir():
+                    # as DIB's install-static: root-owned, existing folders kept
+                    for child in sorted(static.iterdir()):
+                        tar.add(child, arcname=child.name, filter=_root_owned)
         g.tar_in(str(statics), "/")
 
         for phase in GUEST_PHASES:
@@ -319,10 +337,14 @@ class VirtCustomizeBackend:
             logf.write(f"# {phase}: {time.monotonic() - start:.1f} s\n")
         cleanup = actions.get("cleanup")
         if cleanup and cleanup["uninstall"]:
-            self._sh(g, "apt-get -y -q purge " + " ".join(cleanup["uninstall"]), "cleanup", logf)
+            names = " ".join(shlex.quote(p) for p in cleanup["uninstall"])
+            self._sh(g, f"DEBIAN_FRONTEND=noninteractive apt-get -y -q purge {names} && "
+                     "DEBIAN_FRONTEND=noninteractive apt-get -y -q autoremove --purge",
+                     "cleanup", logf)
 
         # generalise, and give the image back its own resolv.conf
         self._sh(g, GENERALISE, "generalise", logf)
+        g.rm_f("/tmp/tib-step.log")
         g.rm_f("/etc/resolv.conf")
         if g.exists("/etc/resolv.conf.tib-saved") or g.is_symlink("/etc/resolv.conf.tib-saved"):
             g.rename("/etc/resolv.conf.tib-saved", "/etc/resolv.conf")
@@ -412,7 +434,7 @@ class VirtCustomizeBackend:
                 timings["appliance-launch"] = round(time.monotonic() - start, 1)
                 log.info(f"libguestfs appliance up in {timings['appliance-launch']} s "
                          f"({host.accelerator()})")
-                self.apply(g, own, env, hooks, logf)
+                self.apply(g, own, env, hooks, logf, plan.packages)
                 g.sync()
                 g.umount_all()
                 g.shutdown()
