@@ -35,12 +35,6 @@ def test_offline_verify_virt_customize_image(prod_mariadb_vc):
     assert json.loads(proc.stdout)["failed"] == []
 
 
-def test_booted_contract_virt_customize_image(prod_mariadb_vc):
-    proc = cli("verify", str(prod_mariadb_vc.path), "--contract", timeout=2400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "PASS prod-mariadb.qcow2: booted::test_contract_rpc_ping" in proc.stderr
-
-
 def test_root_d_element_is_refused(tmp_path):
     element = tmp_path / "elements" / "needs-root-d"
     (element / "root.d").mkdir(parents=True)

@@ -428,13 +428,18 @@ class VirtCustomizeBackend:
                 g.set_network(True)
                 g.set_memsize(2048)
                 g.set_smp(2)
-                g.add_drive_opts(str(overlay), format="qcow2", readonly=False)
+                g.add_drive_opts(str(overlay), format="qcow2", readonly=False,
+                                 discard="besteffort")
                 start = time.monotonic()
                 g.launch()
                 timings["appliance-launch"] = round(time.monotonic() - start, 1)
                 log.info(f"libguestfs appliance up in {timings['appliance-launch']} s "
                          f"({host.accelerator()})")
                 self.apply(g, own, env, hooks, logf, plan.packages)
+                try:
+                    g.fstrim("/")       # freed blocks stay out of the output
+                except RuntimeError:
+                    pass
                 g.sync()
                 g.umount_all()
                 g.shutdown()
