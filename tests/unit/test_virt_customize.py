@@ -84,6 +84,9 @@ class FakeGuestFS:
             raise RuntimeError(self.launch_error)
         self.launched = True
 
+    def fstrim(self, mountpoint):
+        self._call("fstrim", mountpoint)
+
     def sync(self):
         self._call("sync")
 
@@ -913,12 +916,14 @@ def test_build_one_launch_then_flatten(offline, plan_of, sets, convert):
         ["qemu-img", "convert", *convert, str(overlay), str(image)]]
     [g] = offline.handles
     appliance = [c for c in g.calls if c[0] in (
-        "set_network", "add_drive_opts", "launch", "sync", "umount_all", "shutdown", "close")]
+        "set_network", "add_drive_opts", "launch", "fstrim", "sync", "umount_all", "shutdown",
+        "close")]
     assert appliance == [
         ("set_network", (True,), {}),
-        ("add_drive_opts", (str(overlay),), {"format": "qcow2", "readonly": False}),
-        ("launch", (), {}), ("sync", (), {}), ("umount_all", (), {}), ("shutdown", (), {}),
-        ("close", (), {})]
+        ("add_drive_opts", (str(overlay),), {"format": "qcow2", "readonly": False,
+                                             "discard": "besteffort"}),
+        ("launch", (), {}), ("fstrim", ("/",), {}), ("sync", (), {}), ("umount_all", (), {}),
+        ("shutdown", (), {}), ("close", (), {})]
     assert g.names().index("launch") < g.names().index("inspect_os")
     assert g.steps()[-1] == "generalise"
     assert "appliance-launch" in offline.timings and "convert" in offline.timings
