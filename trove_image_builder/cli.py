@@ -181,9 +181,11 @@ def _verify_hook(prof):
 
 @main.command("verify")
 @click.argument("image", type=click.Path())
-@click.option("--boot", is_flag=True, help="Also boot the image (throwaway overlay) and check it live.")
+@click.option("--boot", is_flag=True,
+              help="Also boot the image (throwaway overlay) and check it live.")
 @click.option("--contract", is_flag=True,
-              help="Boot, and call the guest agent over a real RabbitMQ as Trove does (implies --boot).")
+              help="Boot, and call the guest agent over a real RabbitMQ as Trove does "
+                   "(implies --boot).")
 @click.option("--profile", "profile_ref", help="The profile the image was built from "
               "(default: from IMAGE.manifest.json).")
 @click.option("--junit", type=click.Path(), help="Write a JUnit XML report here.")
@@ -208,7 +210,8 @@ def verify(image, boot, contract, profile_ref, junit, sets):
 
 @main.command("boot")
 @click.argument("image", type=click.Path())
-@click.option("--ssh", "open_ssh", is_flag=True, help="Open an ssh session; stop the VM when it ends.")
+@click.option("--ssh", "open_ssh", is_flag=True,
+              help="Open an ssh session; stop the VM when it ends.")
 @click.option("--profile", "profile_ref", help="The profile the image was built from "
               "(default: from IMAGE.manifest.json).")
 @handle_errors

@@ -86,7 +86,8 @@ def prepare(images, workdir: Path, source: str) -> list[PreparedImage]:
                 with tarfile.open(path) as tar:
                     tar.extractall(layout, filter="data")
             converted = workdir / f"image-{n}.tar"
-            run([skopeo, "copy", "--quiet", f"oci:{layout}", f"docker-archive:{converted}:{image.ref}"])
+            run([skopeo, "copy", "--quiet", f"oci:{layout}",
+                 f"docker-archive:{converted}:{image.ref}"])
             path = converted
         prepared.append(PreparedImage(image.ref, path, docker_archive_id(path), _sha256(path),
                                       path.stat().st_size))

@@ -264,7 +264,7 @@ def test_build_summary_with_a_user_datastore(fake_build, tmp_path, monkeypatch):
         "service: redis-server\ndata_dir: /var/lib/redis\n")
     (tmp_path / "r.yaml").write_text("extends: prod-mariadb\nname: r\n"
                                      "datastore: {name: redis, version: '7', runtime: package}\n"
-                                         "guest_agent: {install: none}\n")
+                                     "guest_agent: {install: none}\n")
     result = run("build", "r.yaml", "--elements-path", "mine")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["image"] == "out/r.qcow2"

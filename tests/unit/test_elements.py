@@ -190,3 +190,21 @@ def test_user_datastore(tmp_path):
         name="redis", runtimes=("package", "container"), package="redis-server",
         service="redis-server", data_dir="/var/lib/redis", query="")
     assert elements.datastores(found)["redis"].path == folder
+
+
+def test_dib_lint_finds_nothing():
+    """diskimage-builder's own linter over the shipped elements."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    bin_dir = Path(sys.executable).parent
+    lint = shutil.which("dib-lint", path=f"{bin_dir}:/usr/bin:/bin")
+    if lint is None:
+        pytest.skip("dib-lint (diskimage-builder) is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([lint], cwd=repo, capture_output=True, text=True,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "ELEMENTS_DIR": "elements",
+                               "LIB_DIR": "elements"})
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("ERROR")]
+    assert errors == []

@@ -71,8 +71,9 @@ def test_prod_plan_has_no_dev_key_and_default_output(plan_of):
     assert plan.arch == "amd64"
 
 
-def test_dev_profile_adds_dev_access_and_a_key_next_to_the_output(plan_of, trove_checkout,
-                                                                 tmp_path):
+def test_dev_profile_adds_dev_access_and_a_key_next_to_the_output(
+        plan_of, trove_checkout,
+        tmp_path):
     out = tmp_path / "images" / "dev.qcow2"
     plan = plan_of("dev-mariadb", [f"trove_source={trove_checkout}"], output=out)
     assert plan.elements == CONTAINER + ("mariadb", "guest-agent", "dev-access")
@@ -140,8 +141,9 @@ def test_pip_index_and_guest_user(plan_of):
     assert plan.env["TROVE_GUEST_USER"] == "dbagent"
 
 
-def test_elements_path_has_shipped_and_user_folders_not_dibs(plan_of, shipped_elements_dir,
-                                                            tmp_path):
+def test_elements_path_has_shipped_and_user_folders_not_dibs(
+        plan_of, shipped_elements_dir,
+        tmp_path):
     extra = tmp_path / "my-elements"
     extra.mkdir()
     plan = plan_of("prod-mariadb", extra_paths=[str(extra)])

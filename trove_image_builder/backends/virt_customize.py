@@ -192,7 +192,8 @@ def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
 def _guest_script(phase: str, scripts, installs, uninstalls) -> str:
     """The shell script that runs one phase inside the guest."""
     lines = ["set -eu", "set -o pipefail",
-             f"export PATH={IN_TARGET}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             f"export PATH={IN_TARGET}/bin:/usr/local/sbin:/usr/local/bin:"
+             "/usr/sbin:/usr/bin:/sbin:/bin",
              "export DEBIAN_FRONTEND=noninteractive",
              f"set -a; . {IN_TARGET}/environment; set +a"]
     if installs:

@@ -28,8 +28,8 @@ def test_datastore_service_running(host, expect):
     if expect.datastore_runtime != "package":
         pytest.skip("no datastore service from OS packages in this image")
     service = host.service(expect.datastore_service)
-    assert service.is_running, \
-        f"{expect.datastore_service} is not running: {host.run('systemctl status ' + expect.datastore_service + ' --no-pager').stdout[-400:]}"
+    status = host.run(f"systemctl status {expect.datastore_service} --no-pager").stdout
+    assert service.is_running, f"{expect.datastore_service} is not running: {status[-400:]}"
 
 
 def test_datastore_answers_a_query(host, expect):

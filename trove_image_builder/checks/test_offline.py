@@ -82,8 +82,8 @@ def test_guest_agent_virtualenv(host, expect):
     assert entry.exists, f"{entry.path} is missing"
     assert entry.mode & 0o111, f"{entry.path} is not executable (mode {oct(entry.mode)})"
     # Run the venv's own Python inside the image: it must import the agent.
-    cmd = host.run(f"{AGENT_VENV}/bin/python -c "
-                   "'import importlib.metadata as m, trove.cmd.guest; print(m.version(\"trove\"))'")
+    cmd = host.run(f"{AGENT_VENV}/bin/python -c 'import importlib.metadata as m, "
+                   "trove.cmd.guest; print(m.version(\"trove\"))'")
     assert cmd.rc == 0, f"the agent does not import in the image: {cmd.stderr.strip()[-300:]}"
     if expect.agent_version:
         assert cmd.stdout.strip() == expect.agent_version, \
