@@ -23,7 +23,7 @@ import uuid
 from . import host, log
 from .errors import BuildError, HostError, VerifyError
 from .imagefs import image_info
-from .runner import run
+from .runner import run, stop
 
 GUEST_FORWARD_IP = "10.0.2.100"
 BOOT_TIMEOUT = 900
@@ -214,13 +214,8 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
         guest.boot_seconds = round(time.monotonic() - start, 1)
         yield guest
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop(proc)
         if not keep_workdir:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -1,7 +1,6 @@
 """A build from start to finish: plan, host check, backend, manifest,
 checksum, and an atomic move of the results next to the output path."""
 import datetime
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from .contents import (dpkg_packages, enabled_units, os_release, upstream_versio
                        venv_packages)
 from .errors import BuildError
 from .plan import BuildPlan, check_inputs, make_plan  # noqa: F401 (check_inputs: cli)
-from .runner import run
+from .runner import run, sha256_of
 
 AGENT_VENV = "/opt/guest-agent-venv"
 
@@ -44,14 +43,6 @@ def sidecars(output: Path) -> dict[str, Path]:
     return {"manifest": output.with_name(output.name + ".manifest.json"),
             "sha256": output.with_name(output.name + ".sha256"),
             "log": output.with_name(output.name + ".log")}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tool_versions() -> dict:

@@ -11,7 +11,7 @@ import time
 
 from . import host
 from .errors import BuildError, InputError
-from .runner import run
+from .runner import run, stop
 
 
 def image_info(image: Path) -> dict:
@@ -48,12 +48,7 @@ def _raw_view(image: Path, fmt: str, tmp: Path, writable: bool = False):
             time.sleep(0.05)
         yield raw
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
         if raw.is_mount():
             subprocess.run(["umount", "-l", str(raw)], capture_output=True)
 

@@ -3,14 +3,13 @@ turned into a docker-archive when it is an OCI layout (skopeo), and
 described by its reference and image ID (the digest of its config), which
 is what the engine in the guest reports after loading it."""
 from dataclasses import dataclass
-import hashlib
 import json
 from pathlib import Path
 import tarfile
 
 from . import host
 from .errors import HostError, InputError
-from .runner import run
+from .runner import run, sha256_of
 
 
 @dataclass(frozen=True)
@@ -24,14 +23,6 @@ class PreparedImage:
     def manifest_entry(self) -> dict:
         return {"ref": self.ref, "image_id": self.image_id,
                 "archive_sha256": self.archive_sha256, "size_bytes": self.size_bytes}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def docker_archive_id(path: Path) -> str:
@@ -89,7 +80,7 @@ def prepare(images, workdir: Path, source: str) -> list[PreparedImage]:
             run([skopeo, "copy", "--quiet", f"oci:{layout}",
                  f"docker-archive:{converted}:{image.ref}"])
             path = converted
-        prepared.append(PreparedImage(image.ref, path, docker_archive_id(path), _sha256(path),
+        prepared.append(PreparedImage(image.ref, path, docker_archive_id(path), sha256_of(path),
                                       path.stat().st_size))
     return prepared
 

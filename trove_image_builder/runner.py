@@ -3,11 +3,33 @@
 Every command is run with an explicit argv and environment; when one fails
 the error carries a shell line the user can paste to run it again.
 """
+import hashlib
 import os
 import shlex
 import subprocess
 
 from .errors import BuildError
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a child we started; kill it if it does not go in time."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def sha256_of(path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def replay_line(argv, env_changes=None) -> str:

@@ -1,7 +1,6 @@
 """Run the shipped testinfra checks against an image: offline (mounted
 read-only) and, with boot, against the image booted in qemu."""
 from dataclasses import dataclass, field
-import hashlib
 from pathlib import Path
 import tempfile
 import time
@@ -11,6 +10,7 @@ import pytest
 from . import imagefs, log
 from .errors import VerifyError
 from .expect import Expectations
+from .runner import sha256_of
 
 CHECKS = Path(__file__).resolve().parent / "checks"
 
@@ -92,14 +92,6 @@ def run_checks(test_file: str, hosts: str, expect: Expectations, report: Report,
     code = pytest.main(args, plugins=[plugin])
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         raise VerifyError(f"the {stage} checks could not run (pytest exit {int(code)})")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def offline(image: Path, expect: Expectations, report: Report, junit=None) -> None:
