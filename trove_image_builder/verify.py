@@ -28,6 +28,7 @@ class Report:
     image: str
     outcomes: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    names: dict = field(default_factory=dict)   # pytest's test name -> ours
 
     @property
     def failed(self) -> list:
@@ -56,8 +57,9 @@ class _Plugin:
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and not report.passed):
             # test_x[HOSTS-param] -> test_x[param]; test_x[HOSTS] -> test_x
-            name = report.nodeid.split("::", 1)[-1]
-            name = name.replace(f"[{self._hosts}]", "").replace(f"[{self._hosts}-", "[")
+            raw = report.nodeid.split("::", 1)[-1]
+            name = raw.replace(f"[{self._hosts}]", "").replace(f"[{self._hosts}-", "[")
+            self._report.names[raw] = name
             message = ""
             if report.failed:
                 crash = getattr(report.longrepr, "reprcrash", None)
@@ -120,12 +122,13 @@ def verify(image: Path, expect: Expectations, boot=False, contract=False,
             from .boot import booted_checks
             booted_checks(image, expect, report, contract=contract, junit=part("booted"))
         if junit is not None:
-            _merge_junit(Path(junit), [part("offline"), part("booted")])
+            _merge_junit(Path(junit), [part("offline"), part("booted")], report.names)
     return report
 
 
-def _merge_junit(junit: Path, parts) -> None:
-    """One JUnit file with a test suite per stage."""
+def _merge_junit(junit: Path, parts, names=None) -> None:
+    """One JUnit file with a test suite per stage, the checks named as in
+    the report (without testinfra's host in the name)."""
     import xml.etree.ElementTree as ET
     root = ET.Element("testsuites")
     for stage, part in zip(("offline", "booted"), parts):
@@ -133,6 +136,8 @@ def _merge_junit(junit: Path, parts) -> None:
             tree = ET.parse(part)
             for suite in tree.getroot().iter("testsuite"):
                 suite.set("name", f"trove-image-builder {stage}")
+                for case in suite.iter("testcase"):
+                    case.set("name", (names or {}).get(case.get("name"), case.get("name")))
                 root.append(suite)
             part.unlink()
     ET.ElementTree(root).write(junit, encoding="utf-8", xml_declaration=True)

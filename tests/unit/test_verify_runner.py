@@ -431,3 +431,12 @@ def test_verify_without_junit_writes_none(image, prod_expect, fake_checks, fake_
     verify.verify(image, prod_expect, boot=True)
     assert fake_checks.calls[1][1]["junit"] is None
     assert fake_booted[0]["junit"] is None
+
+
+def test_merge_junit_names_checks_as_the_report_does(tmp_path, parts):
+    junit = tmp_path / "report.xml"
+    write_suite(parts["offline"], ["test_dirs[chroot:///m/root-/etc/trove]", "test_os_release"])
+    verify._merge_junit(junit, [parts["offline"], parts["booted"]],
+                        {"test_dirs[chroot:///m/root-/etc/trove]": "test_dirs[/etc/trove]"})
+    names = [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")]
+    assert names == ["test_dirs[/etc/trove]", "test_os_release"]
