@@ -220,7 +220,7 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
             shutil.rmtree(work, ignore_errors=True)
 
 
-def trove_files(expect, instance_id_hint: str | None = None, transport_url: str | None = None,
+def trove_files(expect, transport_url: str | None = None,
                 guest_id: str | None = None) -> tuple[str, dict]:
     """The two files Trove injects at boot, for this image's datastore."""
     guest_id = guest_id or str(uuid.uuid4())

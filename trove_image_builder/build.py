@@ -1,5 +1,6 @@
 """A build from start to finish: plan, host check, backend, manifest,
 checksum, and an atomic move of the results next to the output path."""
+import dataclasses
 import datetime
 import json
 import os
@@ -57,16 +58,18 @@ def _tool_versions() -> dict:
     return versions
 
 
-def read_contents(image: Path, plan: BuildPlan) -> dict:
-    """What the image really holds, read from its file system."""
+def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
+    """What the image really holds, read from its file system; prepared:
+    the preloaded images the build put in, each checked against the image's
+    own images.list."""
     prof = plan.profile
     with imagefs.mounted(image) as root:
         packages = dpkg_packages(root)
         release = os_release(root)
         units = enabled_units(root)
         agent_pkgs = venv_packages(root, AGENT_VENV)
-        preloaded = root / "var/lib/trove-images/images.list"
-        preloaded = preloaded.read_text().split("\n") if preloaded.is_file() else []
+        listing = root / "var/lib/trove-images/images.list"
+        listed = listing.read_text().splitlines() if listing.is_file() else []
         entry = (root / AGENT_VENV.lstrip("/") / "bin/trove-guestagent").exists()
     contents = {
         "os": {"distro": prof.os.distro, "release": prof.release,
@@ -79,8 +82,9 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
                         "venv": AGENT_VENV if entry else None,
                         "python_packages": agent_pkgs},
         "datastore": None,
-        "_preloaded": [ln.split() for ln in preloaded if ln.strip()],
     }
+    in_image = {(fields[0], fields[2]) for fields in (ln.split() for ln in listed)
+                if len(fields) == 3}
     if prof.datastore is not None:
         info = elements.datastores(elements.discover())[prof.datastore.name].datastore
         server = info.package_for(prof.datastore.version or "")
@@ -93,16 +97,10 @@ def read_contents(image: Path, plan: BuildPlan) -> dict:
             "package_version": installed,
             "upstream_version": upstream_version(installed) if installed else None,
             "service": "docker" if container else info.service,
-            "server_package_on_host": packages.get(server)}
+            "server_package_on_host": packages.get(server),
+            "images": [{**p.manifest_entry(), "in_image": (p.ref, p.image_id) in in_image}
+                       for p in prepared]}
     return contents
-
-
-def _image_entries(prepared, contents) -> list:
-    """The manifest's record of each preloaded image, with whether the
-    built image really holds it (read from its images.list)."""
-    in_image = {(ref, image_id) for ref, _file, image_id in contents.pop("_preloaded", [])}
-    return [{**p.manifest_entry(), "in_image": (p.ref, p.image_id) in in_image}
-            for p in prepared]
 
 
 def check_contents(contents: dict, plan: BuildPlan) -> None:
@@ -114,7 +112,6 @@ def check_contents(contents: dict, plan: BuildPlan) -> None:
     if prof.guest_agent.install == "release" and ga["version"] != prof.guest_agent.version:
         raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
                          f"asks for {prof.guest_agent.version}")
-    contents.pop("_preloaded", None)
     ds = contents["datastore"]
     missing = [i["ref"] for i in (ds or {}).get("images", []) if not i["in_image"]]
     if missing:
@@ -150,25 +147,23 @@ def build(profile, output=None, extra_paths=(), backend_name=None,
                     key = workdir / "id_ed25519"
                     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                          f"trove-image-builder {profile.name} dev key", "-f", str(key)])
-                    env = dict(plan.env)
-                    env["TROVE_DEV_SSH_PUBKEY"] = (workdir / "id_ed25519.pub").read_text().strip()
-                    plan = BuildPlan(**{**plan.__dict__, "env": env})
+                    plan = dataclasses.replace(plan, env={
+                        **plan.env,
+                        "TROVE_DEV_SSH_PUBKEY": (workdir / "id_ed25519.pub").read_text().strip()})
             prepared = []
             if profile.datastore is not None and profile.datastore.images:
                 with log.step("prepare the preloaded container images", timings, "images"):
                     prepared = images.prepare(profile.datastore.images, workdir, profile.source)
                     listed = images.write_list(prepared, workdir / "container-images.list")
-                    plan = BuildPlan(**{**plan.__dict__, "env": {
-                        **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)}})
+                    plan = dataclasses.replace(plan, env={
+                        **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)})
                     for p in prepared:
                         log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
             with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
                           timings, "backend"):
                 image = backend.build(plan, workdir, cache, side["log"], timings)
             with log.step("read the image's contents", timings, "inspect"):
-                contents = read_contents(image, plan)
-                if contents["datastore"] is not None:
-                    contents["datastore"]["images"] = _image_entries(prepared, contents)
+                contents = read_contents(image, plan, prepared)
                 check_contents(contents, plan)
             with log.step("checksum", timings, "checksum"):
                 digest = sha256_of(image)

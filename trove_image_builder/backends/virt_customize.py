@@ -27,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 
 import yaml
@@ -401,7 +402,7 @@ class VirtCustomizeBackend:
             return path
         from .dib import DibBackend
         path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(__import__("tempfile").mkdtemp(prefix=".base-", dir=path.parent))
+        work = Path(tempfile.mkdtemp(prefix=".base-", dir=path.parent))
         try:
             with log.step(f"build the base image once with DIB ({' '.join(base.elements)})",
                           timings, "base-image"):
