@@ -176,8 +176,12 @@ def _wait_for_cloud_init(guest: Guest, deadline: float) -> None:
 
 @contextlib.contextmanager
 def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
-           timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False):
-    """Boot image on an overlay; yield a Guest once ssh answers."""
+           timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False,
+           volume: Path | None = None):
+    """Boot image on an overlay; yield a Guest once ssh answers.
+
+    volume: a raw file to attach as /dev/vdb instead of a fresh blank one,
+    as the same Cinder volume is attached again after a Nova rebuild."""
     image = Path(image).resolve()
     for tool in ("qemu-system-x86_64", "qemu-img", "ssh-keygen"):
         if host.which(tool) is None:
@@ -193,8 +197,11 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
         overlay = work / "overlay.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
              str(overlay)])
-        volume = work / "volume.raw"
-        run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
+        if volume is None:
+            volume = work / "volume.raw"
+            run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
+        elif not Path(volume).is_file():
+            raise VerifyError(f"{volume}: no such volume file")
         key = work / "id_ed25519"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tib-boot", "-f", str(key)])
         drive = config_drive(work, work / "config-drive.iso", instance_id,

@@ -82,6 +82,10 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
                         "venv": AGENT_VENV if entry else None,
                         "python_packages": agent_pkgs},
         "datastore": None,
+        # the boot-time certificate hook as enabled in the image
+        "certificates": {"hook": "trove-certs.service" in units,
+                         "volume": prof.certificates.volume if prof.cert_hook else None,
+                         "user_hook": bool(prof.certificates.user_hook)},
     }
     in_image = {(fields[0], fields[2]) for fields in (ln.split() for ln in listed)
                 if len(fields) == 3}
@@ -112,6 +116,10 @@ def check_contents(contents: dict, plan: BuildPlan) -> None:
     if prof.guest_agent.install == "release" and ga["version"] != prof.guest_agent.version:
         raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
                          f"asks for {prof.guest_agent.version}")
+    if prof.cert_hook != contents["certificates"]["hook"]:
+        raise BuildError("the image's certificate hook (trove-certs.service) is "
+                         f"{'enabled' if contents['certificates']['hook'] else 'missing'}, "
+                         f"the profile {'asks for' if prof.cert_hook else 'does not ask for'} it")
     ds = contents["datastore"]
     missing = [i["ref"] for i in (ds or {}).get("images", []) if not i["in_image"]]
     if missing:

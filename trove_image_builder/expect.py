@@ -31,6 +31,7 @@ class Expectations:
     datastore_query: str | None
     dev_public_key: str | None
     images: tuple = ()                 # (ref, image_id or None) preloaded
+    cert_hook: bool = False            # the boot-time certificate hook (trove-certs)
 
     @property
     def production(self) -> bool:
@@ -66,7 +67,8 @@ def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None,
         datastore_query=info.query if info else None,
         dev_public_key=dev_key_text,
         images=tuple(images) if images is not None else
-        tuple((i.ref, None) for i in (ds.images if ds else ())))
+        tuple((i.ref, None) for i in (ds.images if ds else ())),
+        cert_hook=prof.cert_hook)
 
 
 def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:

@@ -82,6 +82,13 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         if ca_bundle:
             env["TROVE_BUILD_CA_BUNDLE"] = str(ca_bundle)
 
+    if profile.cert_hook:
+        elements.append("trove-certs")
+        env["TROVE_CERTS_VOLUME"] = profile.certificates.volume
+        hook = profile.user_hook_path()
+        if hook is not None:
+            env["TROVE_CERTS_USER_HOOK"] = str(hook)
+
     dev_key = None
     if profile.variant == "development":
         elements.append("dev-access")
@@ -107,6 +114,11 @@ def check_inputs(plan: BuildPlan) -> None:
         raise InputError(
             f"{plan.profile.source}: guest_agent.path: {source} is not a Trove "
             "checkout (no setup.cfg); give one with --set trove_source=PATH")
+    hook = plan.env.get("TROVE_CERTS_USER_HOOK")
+    if hook and not Path(hook).is_file():
+        raise InputError(
+            f"{plan.profile.source}: certificates.user_hook: {hook} is not a file; "
+            "give the path of your script, relative to the profile")
     fmt = plan.profile.image.format
     if plan.output.suffix != f".{fmt}":
         raise InputError(f"-o {plan.output}: the image format is {fmt}; "

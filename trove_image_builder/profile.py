@@ -84,6 +84,22 @@ class GuestAgentSpec:
     pip_index: str | None = setting(None, kind="str?", help="package index URL for pip")
 
 
+# How the boot-time certificate hook finds the data volume.
+_VOLUME_RE = re.compile(r"^(/dev/[A-Za-z0-9._/:-]+|LABEL=[^\s]+|UUID=[0-9A-Fa-f-]+)$")
+
+
+@dataclass(frozen=True)
+class CertificatesSpec:
+    enabled: bool | None = setting(
+        None, kind="bool?", help="install the boot-time certificate hook (trove-certs); "
+        "default: on for production images with a guest agent")
+    volume: str = setting("/dev/vdb", help="data volume holding the certificates' copy: "
+                          "a device path, LABEL=name or UUID=uuid")
+    user_hook: str | None = setting(
+        None, kind="str?", help="your own script, run at boot before the certificates are "
+        "checked (path relative to the profile)")
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     format: str = setting("qcow2", choices=("qcow2", "raw", "vhd"), help="disk format")
@@ -102,6 +118,7 @@ class Profile:
     datastore: DatastoreSpec | None = setting(None, kind="section?")
     guest_agent: GuestAgentSpec = setting(kind="section", factory=GuestAgentSpec)
     guest_user: str = setting("trove", help="user the guest agent runs as")
+    certificates: CertificatesSpec = setting(kind="section", factory=CertificatesSpec)
     elements: tuple = setting(kind="list", factory=tuple, help="extra element names")
     packages: tuple = setting(kind="list", factory=tuple, help="extra OS packages")
     image: ImageSpec = setting(kind="section", factory=ImageSpec)
@@ -122,6 +139,26 @@ class Profile:
     def release(self) -> str:
         return self.os.release or DISTROS[self.os.distro].release
 
+    @property
+    def cert_hook(self) -> bool:
+        """Whether the image gets the boot-time certificate hook."""
+        if self.certificates.enabled is not None:
+            return self.certificates.enabled
+        return self.variant == "production" and self.guest_agent.install != "none"
+
+    def user_hook_path(self) -> Path | None:
+        """The profile's own certificate hook, resolved against the profile."""
+        hook = self.certificates.user_hook
+        if not hook:
+            return None
+        path = Path(hook).expanduser()
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path.resolve()
+
+
+SECTIONS = {"os": OsSpec, "datastore": DatastoreSpec, "guest_agent": GuestAgentSpec,
+            "certificates": CertificatesSpec, "image": ImageSpec}
 
 # Loading-only keys: consumed before validation, not part of the result.
 LOADING_KEYS = ("extends", "variables")
@@ -336,9 +373,18 @@ def _set_dotted(data: dict, dotted: str, value, provenance: dict):
 # --------------------------------------------------------------------------
 # Validation
 
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _check_value(value, f, where, source):
     kind = f.metadata.get("kind", "str")
     choices = f.metadata.get("choices")
+    if kind == "bool?":
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        raise ProfileError(source, where, f"must be true or false, not {value!r}")
     if kind in ("str", "str?"):
         if value is None and kind == "str?":
             return None
@@ -415,8 +461,7 @@ def _build(cls, data, where: str, provenance: dict, leaf: str):
             if value is None and kind == "section?":
                 values[name] = None
                 continue
-            sub_cls = {"os": OsSpec, "datastore": DatastoreSpec,
-                       "guest_agent": GuestAgentSpec, "image": ImageSpec}[name]
+            sub_cls = SECTIONS[name]
             values[name] = _build(sub_cls, value, dotted, provenance, leaf)
         else:
             values[name] = _check_value(value, f, dotted, source_of(dotted))
@@ -460,6 +505,13 @@ def _validate(p: Profile, provenance: dict, leaf: str, known_elements) -> None:
                 "a production image takes the agent from a release")
         if "dev-access" in p.elements:
             err("elements", "'dev-access' is for development images only")
+    certs = p.certificates
+    if not _VOLUME_RE.match(certs.volume):
+        err("certificates.volume", f"'{certs.volume}' is not a device path, LABEL=name "
+            "or UUID=uuid; write e.g. /dev/vdb")
+    if certs.user_hook and not p.cert_hook:
+        err("certificates.user_hook", "runs in the certificate hook, which this image "
+            "does not get; set certificates.enabled: true")
     if p.datastore is not None and p.datastore.images and p.datastore.runtime != "container":
         err("datastore.images", "preloaded images need runtime: container")
     if p.datastore is not None and p.datastore.runtime == "package" and \
@@ -540,8 +592,7 @@ def describe_settings() -> list[tuple[str, str, str]]:
             if kind == "internal":
                 continue
             if kind in ("section", "section?"):
-                sub = {"os": OsSpec, "datastore": DatastoreSpec,
-                       "guest_agent": GuestAgentSpec, "image": ImageSpec}[f.name]
+                sub = SECTIONS[f.name]
                 walk(sub, f"{prefix}{f.name}.")
                 continue
             if kind == "images":

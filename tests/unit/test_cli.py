@@ -175,8 +175,8 @@ def test_build_dry_run_prints_the_command(cache, shipped_elements_dir):
     assert len(commands) == 1
     argv = commands[0]
     assert argv[0] == "disk-image-create"
-    assert argv[-7:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
-                         "container-engine", "mariadb", "guest-agent"]
+    assert argv[-8:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
+                         "container-engine", "mariadb", "guest-agent", "trove-certs"]
     assert str(shipped_elements_dir) in exports["ELEMENTS_PATH"].split(":")
     assert exports["DIB_RELEASE"] == "bookworm"
     assert exports["TMP_DIR"] == str(cache / "work" / "BUILD" / "tmp")

@@ -33,7 +33,8 @@ def trove_checkout(tmp_path):
 # make_plan
 
 def test_prod_mariadb_elements_in_order(plan_of):
-    assert plan_of("prod-mariadb").elements == CONTAINER + ("mariadb", "guest-agent")
+    assert plan_of("prod-mariadb").elements == \
+        CONTAINER + ("mariadb", "guest-agent", "trove-certs")
 
 
 def test_package_runtime_needs_no_engine(plan_of):
@@ -41,7 +42,8 @@ def test_package_runtime_needs_no_engine(plan_of):
 
 
 def test_prod_postgresql_elements_in_order(plan_of):
-    assert plan_of("prod-postgresql").elements == CONTAINER + ("postgresql", "guest-agent")
+    assert plan_of("prod-postgresql").elements == \
+        CONTAINER + ("postgresql", "guest-agent", "trove-certs")
 
 
 def test_prod_mariadb_env(plan_of):
@@ -122,7 +124,7 @@ def test_extra_elements_come_last_without_duplicates(plan_of, write):
         elements: [growroot, trove-guest, cloud-init-growpart]
     """)
     assert plan_of(path).elements == CONTAINER + (
-        "mariadb", "guest-agent", "growroot", "cloud-init-growpart")
+        "mariadb", "guest-agent", "trove-certs", "growroot", "cloud-init-growpart")
 
 
 def test_other_distro_and_release(plan_of):
@@ -185,7 +187,7 @@ def test_argv_for_prod_mariadb(command):
     assert "-u" not in argv
     assert "-p" not in argv
     # the elements, in the plan's order, end the command line
-    assert tuple(argv[-7:]) == CONTAINER + ("mariadb", "guest-agent")
+    assert tuple(argv[-8:]) == CONTAINER + ("mariadb", "guest-agent", "trove-certs")
 
 
 def test_argv_size_in_gib(command):

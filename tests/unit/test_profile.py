@@ -11,7 +11,7 @@ from trove_image_builder import elements, profile as profiles
 from trove_image_builder.errors import InputError, ProfileError
 
 TOP_ALLOWED = ("name, description, variant, os, datastore, guest_agent, guest_user, "
-               "elements, packages, image, env, backend")
+               "certificates, elements, packages, image, env, backend")
 
 # The smallest valid profile: production, no datastore, no guest agent.
 MINIMAL = """

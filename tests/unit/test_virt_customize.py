@@ -276,7 +276,8 @@ SCRIPT = "#!/bin/bash\nset -eu\necho {}\n"
 def test_resolve_prod_mariadb(plan_of, known):
     plan = plan_of("prod-mariadb")
     own, dib = resolve(plan.elements, known)
-    assert names(own) == ["trove-guest", "container-engine", "mariadb", "guest-agent"]
+    assert names(own) == ["trove-guest", "container-engine", "mariadb", "guest-agent",
+                          "trove-certs"]
     assert {e.origin for e in own} == {"shipped"}
     assert set(names(dib)) == {"debian-minimal", "vm", "block-device-mbr", "openssh-server",
                                "package-installs", "sysprep", "install-static"}
@@ -432,9 +433,9 @@ def test_phase_scripts_of_the_shipped_elements(own_of):
     _plan, own, _env = own_of("prod-mariadb")
     assert [n for n, _ in phase_scripts(own, "install.d")] == [
         "50-trove-guest-user", "60-guest-agent", "65-container-engine-access",
-        "66-container-images", "70-mariadb"]
+        "66-container-images", "70-mariadb", "70-trove-certs"]
     assert [n for n, _ in phase_scripts(own, "extra-data.d")] == [
-        "50-guest-agent-inputs", "60-container-images"]
+        "50-guest-agent-inputs", "50-trove-certs-user-hook", "60-container-images"]
 
 
 # --------------------------------------------------------------------------
@@ -699,7 +700,7 @@ def test_apply_prod_mariadb(backend, own_of, tmp_path, logf):
     install = g.guest_script("install.d").splitlines()
     ran = [ln.split("/", 1)[1].rstrip("'") for ln in install if ln.startswith("echo '>> ")]
     assert ran == ["50-trove-guest-user", "60-guest-agent", "65-container-engine-access",
-                   "66-container-images", "70-mariadb"]
+                   "66-container-images", "70-mariadb", "70-trove-certs"]
     packages = next(ln for ln in install if ln.startswith("install-packages "))
     assert install.index(packages) < install.index("echo '>> install.d/50-trove-guest-user'")
     assert {"cloud-init", "sudo", "docker.io", "python3-venv"} <= set(packages.split()[1:])
@@ -709,7 +710,7 @@ def test_apply_prod_mariadb(backend, own_of, tmp_path, logf):
             if ln.startswith(f"{IN_TARGET}/")] == [
         f"{IN_TARGET}/post-install.d/{n}" for n in (
             "60-guest-agent-enable", "65-container-engine-enable",
-            "66-container-images-enable", "70-mariadb-enable")]
+            "66-container-images-enable", "70-mariadb-enable", "70-trove-certs-enable")]
     # the hooks, in the guest
     shipped = Path(own[0].path).parent
     assert g.files[f"{IN_TARGET}/install.d/60-guest-agent"] == \

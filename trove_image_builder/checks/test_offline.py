@@ -5,6 +5,10 @@ from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV
 
 TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
 KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"
+CERT_HOOK = "/usr/local/sbin/trove-certs"
+# where the hook puts certificates at boot; empty in any image
+CERT_FOLDERS = ("/etc/trove/certs", "/var/lib/trove-certs", "/usr/local/share/ca-certificates",
+                "/etc/pki/ca-trust/source/anchors")
 
 
 def test_os_release(host, expect):
@@ -150,8 +154,36 @@ def test_no_passwords(host, expect):
 
 
 def test_no_trove_certificates(host, expect):
-    found = host.check_output("find /etc/trove/certs -type f").split()
-    assert not found, f"certificates or keys baked into /etc/trove/certs: {found}"
+    found = host.check_output(f"find {' '.join(CERT_FOLDERS)} -type f 2>/dev/null || true")
+    # PEM anywhere Trove's files live (the system CA bundle is not among them)
+    grep = host.run_expect([0, 1, 2], "grep -rIl -e '-----BEGIN [A-Z ]*CERTIFICATE-----' "
+                           "-e '-----BEGIN [A-Z ]*PRIVATE KEY-----' /etc/trove /var/lib/trove "
+                           "/var/lib/trove-certs /etc/default")
+    found = sorted(set(found.split() + grep.stdout.split()))
+    assert not found, f"certificates or keys baked into the image: {found}"
+
+
+def test_certificate_hook(host, expect):
+    script = host.file(CERT_HOOK)
+    if not expect.cert_hook:
+        assert not host.file("/etc/systemd/system/trove-certs.service").exists, \
+            "the image has the certificate hook, the profile does not ask for it"
+        return
+    assert script.exists and script.mode & 0o111, f"{CERT_HOOK} is missing or not executable"
+    assert host.service("trove-certs.service").is_enabled, "trove-certs.service is not enabled"
+    assert host.service("trove-certs-sync.timer").is_enabled, \
+        "trove-certs-sync.timer is not enabled"
+    staging = host.file("/var/lib/trove-certs/incoming")
+    assert staging.is_directory and staging.user == "root" and staging.mode == 0o700, \
+        "the staging folder /var/lib/trove-certs/incoming is not a root-only folder"
+    if expect.agent_install != "none":
+        dropin = host.file(f"/etc/systemd/system/{AGENT_UNIT}.d/30-trove-certs.conf")
+        assert dropin.exists and "Requires=trove-certs.service" in dropin.content_string, \
+            f"{AGENT_UNIT} does not require trove-certs.service"
+    # the hook's own check runs in the image: it refuses an empty set
+    check = host.run(f"{CERT_HOOK} check /var/lib/trove-certs/incoming")
+    assert check.rc == 1 and "no ca.crt" in check.stderr, \
+        f"{CERT_HOOK} check does not run in the image: {check.stderr.strip()[-300:]}"
 
 
 def test_dev_marker_and_key(host, expect):
