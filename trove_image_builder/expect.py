@@ -32,6 +32,7 @@ class Expectations:
     dev_public_key: str | None
     images: tuple = ()                 # (ref, image_id or None) preloaded
     cert_hook: bool = False            # the boot-time certificate hook (trove-certs)
+    cert_user_hook: bool = False       # with the profile's own hook script
 
     @property
     def production(self) -> bool:
@@ -68,7 +69,7 @@ def from_profile(image: Path, prof: profiles.Profile, dev_key_text=None,
         dev_public_key=dev_key_text,
         images=tuple(images) if images is not None else
         tuple((i.ref, None) for i in (ds.images if ds else ())),
-        cert_hook=prof.cert_hook)
+        cert_hook=prof.cert_hook, cert_user_hook=bool(prof.certificates.user_hook))
 
 
 def load(image: Path, profile_ref: str | None = None, sets=()) -> Expectations:

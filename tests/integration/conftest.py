@@ -111,15 +111,20 @@ def small_image_layout(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def prod_mariadb_preloaded(images_dir, small_image_layout) -> BuiltImage:
     """A production profile extending prod-mariadb with one preloaded image,
-    given as an OCI layout (the build converts it)."""
+    given as an OCI layout (the build converts it), and a certificate user
+    hook of its own."""
     layout, _archive = small_image_layout
     profile = images_dir / "prod-mariadb-preloaded.yaml"
+    # an operator's own certificate hook, named relative to the profile
+    (images_dir / "fetch-certs").write_text("#!/bin/sh\n# fetch from the site's store\n")
     profile.write_text(
         "extends: prod-mariadb\n"
         "name: prod-mariadb-preloaded\n"
         "datastore:\n"
         "  images:\n"
-        f"    - {{ref: 'mariadb:10.11', archive: '{layout}'}}\n")
+        f"    - {{ref: 'mariadb:10.11', archive: '{layout}'}}\n"
+        "certificates:\n"
+        "  user_hook: fetch-certs\n")
     return _build(images_dir, str(profile))
 
 

@@ -6,6 +6,7 @@ and the restored certificates carry the agent's TLS connection to a
 RabbitMQ that accepts only clients the test CA signed."""
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -40,11 +41,10 @@ def certs():
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory):
-    """The instance's data volume, as Trove leaves it once the instance is
-    prepared: a file system of its own. Shared by both boots."""
+    """The instance's data volume, blank as Cinder gives it (the agent
+    makes its file system); shared by both boots."""
     path = tmp_path_factory.mktemp("volume") / "volume.raw"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), "2G"], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "trove-data", str(path)], check=True)
     return path
 
 
@@ -80,6 +80,18 @@ def deliver(guest, ca, client, key_of=None):
     put(guest, f"{STAGING}/ca.crt", ca.cert_pem)
     put(guest, f"{STAGING}/client.crt", client.cert_pem)
     put(guest, f"{STAGING}/client.key", (key_of or client).key_pem)
+
+
+def wait_for_mount(guest, device: str, seconds=600) -> str:
+    """Where the agent mounted the data volume, once it has."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        target = sh(guest, f"findmnt -n -o TARGET --source {device}").stdout.strip()
+        if target:
+            return target.splitlines()[0]
+        time.sleep(5)
+    raise AssertionError(f"the agent did not mount {device} within {seconds} s: " +
+                         out(guest, f"sudo journalctl -u {AGENT} --no-pager -n 15"))
 
 
 def power_off(guest):
@@ -124,6 +136,15 @@ def test_first_boot_installs_rotates_and_refuses(prod_mariadb, certs, volume, tm
         assert out(guest, f"sudo ls -A {STAGING}") == ""
         assert serial(guest) == certs.client.serial
         assert state(guest, AGENT) == "active"
+
+        # a blank volume: no copy at boot; once the agent has made and
+        # mounted its file system, the sync timer's service keeps the copy
+        assert "has no file system yet" in journal(guest)
+        assert out(guest, "systemctl is-enabled trove-certs-sync.timer") == "enabled"
+        mount_point = wait_for_mount(guest, "/dev/vdb")
+        assert sh(guest, "sudo systemctl start trove-certs-sync").returncode == 0
+        assert out(guest, f"sudo ls -A {mount_point}/.trove-certs").split() == \
+            ["ca.crt", "client.crt", "client.key"]
 
         # rotation: a newer client certificate, the hook run again
         deliver(guest, certs.ca, certs.rotated)

@@ -34,7 +34,7 @@ def test_offline_verify_sees_the_preloaded_image(prod_mariadb_preloaded):
     assert proc.returncode == 0, proc.stderr
     name = prod_mariadb_preloaded.path.name
     for check in ("offline::test_container_engine", "offline::test_no_server_package_on_host",
-                  "offline::test_preloaded_images"):
+                  "offline::test_preloaded_images", "offline::test_certificate_hook"):
         assert f"PASS {name}: {check}" in proc.stderr
 
 
@@ -44,6 +44,7 @@ def test_booted_engine_lists_the_image_and_the_agent_answers(prod_mariadb_preloa
     name = prod_mariadb_preloaded.path.name
     for check in ("booted::test_container_engine_active",
                   "booted::test_preloaded_images_listed_without_a_pull",
+                  "booted::test_certificate_hook_ran",
                   "booted::test_contract_rpc_ping"):
         assert f"PASS {name}: {check}" in proc.stderr, proc.stderr[-4000:]
     print("booted verify seconds:", json.loads(proc.stdout)["seconds"])

@@ -76,6 +76,7 @@ def test_booted_contract_production_image(prod_mariadb, tmp_path):
     for check in ("booted::test_cloud_init_finished_without_errors",
                   "booted::test_trove_files_injected",
                   "booted::test_container_engine_active",
+                  "booted::test_certificate_hook_ran",
                   "booted::test_guest_agent_active",
                   "booted::test_contract_rpc_ping"):
         assert f"PASS prod-mariadb.qcow2: {check}" in proc.stderr, proc.stderr[-4000:]

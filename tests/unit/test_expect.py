@@ -55,6 +55,7 @@ def test_load_from_the_manifest(image, manifest):
     assert exp.agent_version == "26.0.0"
     assert exp.production is True
     assert exp.dev_public_key is None
+    assert exp.cert_hook is True and exp.cert_user_hook is False
 
 
 def test_load_a_package_runtime_manifest(image, manifest):
@@ -98,6 +99,7 @@ def test_load_a_development_manifest(image, manifest):
     # only a release install has a version to check
     assert exp.agent_version is None
     assert exp.server_package == "mariadb-server"
+    assert exp.cert_hook is False
 
 
 def test_profile_option_overrides_the_manifest(image, manifest):

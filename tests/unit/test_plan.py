@@ -327,3 +327,37 @@ def test_host_ca_bundle_is_taken_from_the_environment(tmp_path, monkeypatch):
     ours.write_text("x")
     monkeypatch.setenv("TROVE_IMAGE_BUILDER_CA_BUNDLE", str(ours))
     assert build_mod.host_ca_bundle() == ours
+
+
+# --------------------------------------------------------------------------
+# The certificate hook
+
+def test_certificate_hook_variables(plan_of, write, tmp_path):
+    plan = plan_of("prod-mariadb", ["certificates.volume=LABEL=trove-data"])
+    assert "trove-certs" in plan.elements
+    assert plan.env["TROVE_CERTS_VOLUME"] == "LABEL=trove-data"
+    assert "TROVE_CERTS_USER_HOOK" not in plan.env
+    hook = tmp_path / "fetch.sh"
+    hook.write_text("#!/bin/sh\n")
+    path = write("a.yaml", "extends: prod-mariadb\nname: a\n"
+                 "certificates:\n  user_hook: fetch.sh\n")
+    plan = plan_of(path, output=tmp_path / "a.qcow2")
+    assert plan.env["TROVE_CERTS_USER_HOOK"] == str(hook.resolve())
+    check_inputs(plan)
+
+
+def test_no_certificate_hook_no_element(plan_of):
+    plan = plan_of("prod-mariadb", ["certificates.enabled=false"])
+    assert "trove-certs" not in plan.elements
+    assert not any(name.startswith("TROVE_CERTS_") for name in plan.env)
+
+
+def test_check_inputs_refuses_a_missing_user_hook(plan_of, write, tmp_path):
+    path = write("a.yaml", "extends: prod-mariadb\nname: a\n"
+                 "certificates:\n  user_hook: nowhere.sh\n")
+    plan = plan_of(path, output=tmp_path / "a.qcow2")
+    with pytest.raises(InputError) as info:
+        check_inputs(plan)
+    assert info.value.message == (
+        f"{plan.profile.source}: certificates.user_hook: {tmp_path / 'nowhere.sh'} is not "
+        "a file; give the path of your script, relative to the profile")

@@ -685,3 +685,63 @@ def test_every_setting_is_described():
     assert "image.size" in names and "datastore.runtime" in names and "name" in names
     assert "source" not in names
     assert all(help_text for _name, _allowed, help_text in rows)
+
+
+# --------------------------------------------------------------------------
+# The certificate hook
+
+@pytest.mark.parametrize("name, hook", [("prod-mariadb", True), ("prod-postgresql", True),
+                                        ("dev-mariadb", False), ("mariadb-package", False),
+                                        ("base-debian", False)])
+def test_certificate_hook_is_on_by_default_for_production_agents(name, hook, known):
+    p = profiles.load(name, known_elements=known)
+    assert p.cert_hook is hook
+    assert p.certificates.volume == "/dev/vdb"
+
+
+@pytest.mark.parametrize("value, hook", [("true", True), ("on", True), ("false", False),
+                                         ("no", False), ("True", True)])
+def test_certificates_enabled_from_set(value, hook, known):
+    p = profiles.load("mariadb-package", [f"certificates.enabled={value}"],
+                      known_elements=known)
+    assert p.cert_hook is hook
+
+
+def test_certificates_enabled_yaml_boolean_turns_it_off(write, known):
+    path = write("a.yaml", "extends: prod-mariadb\nname: a\ncertificates:\n  enabled: false\n")
+    assert profiles.load(str(path), known_elements=known).cert_hook is False
+
+
+def test_certificates_enabled_must_be_a_boolean(write):
+    path = write("a.yaml", MINIMAL + "certificates:\n  enabled: sometimes\n")
+    assert error_of(path) == "a.yaml: certificates.enabled: must be true or false, not 'sometimes'"
+
+
+@pytest.mark.parametrize("volume", ["/dev/vdb", "/dev/disk/by-id/virtio-abc", "LABEL=data",
+                                    "UUID=0b1c2d3e-aaaa-bbbb-cccc-123456789abc"])
+def test_certificates_volume_forms(volume, known):
+    p = profiles.load("prod-mariadb", [f"certificates.volume={volume}"], known_elements=known)
+    assert p.certificates.volume == volume
+
+
+@pytest.mark.parametrize("volume", ["vdb", "/mnt/data", "LABEL=", "UUID=xyz", "/dev/vd b"])
+def test_certificates_volume_is_checked(volume):
+    assert error_of("prod-mariadb", [f"certificates.volume={volume}"]) == (
+        f"--set: certificates.volume: '{volume}' is not a device path, LABEL=name or "
+        "UUID=uuid; write e.g. /dev/vdb")
+
+
+def test_user_hook_needs_the_certificate_hook(write):
+    path = write("a.yaml", MINIMAL + "certificates:\n  user_hook: fetch.sh\n")
+    assert error_of(path) == (
+        "a.yaml: certificates.user_hook: runs in the certificate hook, which this image "
+        "does not get; set certificates.enabled: true")
+
+
+def test_user_hook_is_relative_to_the_profile(write, tmp_path, known):
+    (tmp_path / "site").mkdir()
+    path = write("site/a.yaml", "extends: prod-mariadb\nname: a\n"
+                 "certificates:\n  user_hook: hooks/fetch.sh\n")
+    p = profiles.load(str(path), known_elements=known)
+    assert p.user_hook_path() == (tmp_path / "site" / "hooks" / "fetch.sh").resolve()
+    assert profiles.load("prod-mariadb", known_elements=known).user_hook_path() is None

@@ -67,6 +67,19 @@ def test_preloaded_images_listed_without_a_pull(host, expect):
                 f"{ref} is {result.stdout.strip()}, expected {image_id}"
 
 
+def test_certificate_hook_ran(host, expect):
+    if not expect.cert_hook:
+        pytest.skip("no certificate hook in this image")
+    state = host.run("systemctl is-active trove-certs").stdout.strip()
+    said = host.run("sudo journalctl -b -u trove-certs --no-pager -o cat").stdout
+    assert state == "active", f"trove-certs.service is {state}: {said[-600:]}"
+    if expect.cert_user_hook:
+        assert "running the user hook /usr/local/lib/trove-certs/user-hook" in said, \
+            f"the profile's user hook did not run: {said[-600:]}"
+    # nothing delivered at this boot: the agent starts as configured
+    assert "no certificates delivered, installed or kept" in said, said[-600:]
+
+
 def test_guest_agent_active(host, expect):
     if expect.agent_install == "none":
         pytest.skip("agentless image")

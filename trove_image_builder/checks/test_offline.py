@@ -6,6 +6,7 @@ from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV
 TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
 KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"
 CERT_HOOK = "/usr/local/sbin/trove-certs"
+USER_HOOK = "/usr/local/lib/trove-certs/user-hook"
 # where the hook puts certificates at boot; empty in any image
 CERT_FOLDERS = ("/etc/trove/certs", "/var/lib/trove-certs", "/usr/local/share/ca-certificates",
                 "/etc/pki/ca-trust/source/anchors")
@@ -180,6 +181,14 @@ def test_certificate_hook(host, expect):
         dropin = host.file(f"/etc/systemd/system/{AGENT_UNIT}.d/30-trove-certs.conf")
         assert dropin.exists and "Requires=trove-certs.service" in dropin.content_string, \
             f"{AGENT_UNIT} does not require trove-certs.service"
+    settings = host.file("/etc/default/trove-certs").content_string
+    user_hook = host.file(USER_HOOK)
+    if expect.cert_user_hook:
+        assert user_hook.exists and user_hook.mode & 0o111, f"{USER_HOOK} is missing"
+        assert f"TROVE_CERTS_USER_HOOK={USER_HOOK}" in settings, \
+            f"/etc/default/trove-certs does not name the user hook {USER_HOOK}"
+    else:
+        assert not user_hook.exists, f"{USER_HOOK} in an image whose profile names none"
     # the hook's own check runs in the image: it refuses an empty set
     check = host.run(f"{CERT_HOOK} check /var/lib/trove-certs/incoming")
     assert check.rc == 1 and "no ca.crt" in check.stderr, \
