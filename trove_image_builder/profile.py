@@ -598,7 +598,7 @@ def describe_settings() -> list[tuple[str, str, str]]:
             if kind == "images":
                 walk(ContainerImage, f"{prefix}{f.name}[].")
                 continue
-            choices = f.metadata.get("choices")
+            choices = ("true", "false") if kind == "bool?" else f.metadata.get("choices")
             allowed = " | ".join(choices) if choices else (
                 "" if f.default in (None, dataclasses.MISSING) else repr(f.default))
             rows.append((prefix + f.name, allowed, f.metadata.get("help", "")))
