@@ -29,23 +29,17 @@ _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 
 
 @dataclass(frozen=True)
-class BrokerTLS:
-    """The broker's TLS files: the CA that signs the clients, and the
-    broker's own certificate and key."""
+class TLSFiles:
+    """One side's TLS files: the CA it trusts for the other side, and its
+    own certificate and key."""
 
     ca: Path
     cert: Path
     key: Path
 
 
-@dataclass(frozen=True)
-class ClientTLS:
-    """A client's TLS files: the CA that signed the broker, and the
-    client's own certificate and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
+# The broker's CA signs the clients; a client's CA signed the broker.
+BrokerTLS = ClientTLS = TLSFiles
 
 
 def _tls_files(tls, who: str) -> tuple[Path, Path, Path]:

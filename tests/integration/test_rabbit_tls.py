@@ -3,15 +3,13 @@ certificates, the guest agent played by an RPC server in a thread of this
 process, and Trove's call to it, both sides over TLS."""
 import socket
 import time
-import uuid
-import warnings
 
 import pytest
 
 oslo_messaging = pytest.importorskip("oslo_messaging")
 
 from tests import pki  # noqa: E402
-from tests.unit.test_rabbit import Agent, AgentConf  # noqa: E402
+from tests.unit.test_rabbit import serving_agent  # noqa: E402
 from trove_image_builder import rabbit  # noqa: E402
 from trove_image_builder.errors import VerifyError  # noqa: E402
 
@@ -54,31 +52,13 @@ def broker(certs):
 
 @pytest.fixture(scope="module")
 def agent(broker, certs, tmp_path_factory):
-    """The guest agent's RPC server, over TLS with its own certificate:
-    exchange 'trove', topic 'guestagent.<id>', server '<id>'."""
+    """The guest agent's RPC server, over TLS with its own certificate."""
     # the rabbit driver would retry a refused connection for ever
     rabbit.check_broker_tls("127.0.0.1", broker.port, certs.agent)
     config_file = tmp_path_factory.mktemp("agent") / "agent.conf"
     config_file.write_text(rabbit.client_config(certs.agent))
-    conf = AgentConf()
-    conf([], project="trove-image-builder-tests", default_config_files=[str(config_file)])
-    transport = oslo_messaging.get_rpc_transport(conf, url=broker.url)
-    guest_id = str(uuid.uuid4())
-    target = oslo_messaging.Target(exchange="trove", topic=f"guestagent.{guest_id}",
-                                   server=guest_id)
-    endpoint = Agent()
-    endpoint.guest_id = guest_id
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        server = oslo_messaging.get_rpc_server(transport, target, [endpoint],
-                                               executor="threading")
-    server.start()
-    try:
+    with serving_agent(broker.url, [str(config_file)]) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        server.wait()
-        transport.cleanup()
 
 
 def test_rpc_ping_over_tls(broker, agent, certs):

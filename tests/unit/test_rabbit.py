@@ -2,6 +2,7 @@
 transport (an RPC server in a thread of this process plays the guest agent),
 LocalRabbit's checks before it starts anything, and the TLS settings of both
 (a TLS server in a thread stands in for the broker). No RabbitMQ is started."""
+import contextlib
 import importlib.util
 import socket
 import ssl
@@ -58,13 +59,13 @@ class Agent:
         return {"mem_total": 2048, **kwargs}
 
 
-@pytest.fixture
-def agent():
-    """An RPC server on fake:// for a new guest id, as Trove's agent listens:
-    exchange 'trove', topic 'guestagent.<id>', server '<id>'."""
+@contextlib.contextmanager
+def serving_agent(url: str, config_files=()):
+    """An RPC server for a new guest id, as Trove's agent listens: exchange
+    'trove', topic 'guestagent.<id>', server '<id>'. Yields its endpoint."""
     conf = AgentConf()
-    conf([], project="trove-image-builder-tests")
-    transport = oslo_messaging.get_rpc_transport(conf, url="fake://")
+    conf([], project="trove-image-builder-tests", default_config_files=list(config_files))
+    transport = oslo_messaging.get_rpc_transport(conf, url=url)
     guest_id = str(uuid.uuid4())
     target = oslo_messaging.Target(exchange="trove", topic=f"guestagent.{guest_id}",
                                    server=guest_id)
@@ -82,6 +83,13 @@ def agent():
         server.stop()
         server.wait()
         transport.cleanup()
+
+
+@pytest.fixture
+def agent():
+    """The agent on oslo.messaging's in-memory fake:// transport."""
+    with serving_agent("fake://") as endpoint:
+        yield endpoint
 
 
 def test_rpc_call_pings_the_agent(agent):
