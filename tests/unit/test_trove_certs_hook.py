@@ -283,3 +283,13 @@ def test_check_names_the_reason(guest, ca, tmp_path):
     (folder / "ca.crt").write_text(ca.cert_pem)
     proc = guest.run("check", str(folder))
     assert proc.returncode == 0 and "CA 'Test Trove CA'" in proc.stdout
+
+
+def test_a_volume_that_cannot_take_the_copy_does_not_stop_the_agent(guest, ca, client):
+    guest.volume.rmdir()
+    guest.volume.write_text("not a folder")     # mkdir below it fails
+    guest.deliver(ca, client)
+    proc = guest.run("boot")
+    assert proc.returncode == 0, proc.stderr
+    assert "could not write the copy on the data volume" in proc.stdout
+    assert guest.installed()["client.crt"] == client.cert_pem
