@@ -147,7 +147,8 @@ class Profile:
         return self.variant == "production" and self.guest_agent.install != "none"
 
     def user_hook_path(self) -> Path | None:
-        """The profile's own certificate hook, resolved against the profile."""
+        """The profile's own certificate hook (made absolute when loaded; a
+        relative one, from a manifest, is taken beside it)."""
         hook = self.certificates.user_hook
         if not hook:
             return None
@@ -570,8 +571,21 @@ def load(ref: str, sets=(), known_elements=None) -> Profile:
     leaf = _display(chain[-1][0])
     profile = _build(Profile, merged, "", provenance, leaf)
     profile = dataclasses.replace(profile, source=str(chain[-1][0]))
+    profile = _anchor_user_hook(profile, provenance.get("certificates.user_hook"))
     _validate(profile, provenance, leaf, known_elements)
     return profile
+
+
+def _anchor_user_hook(profile: Profile, origin: str | None) -> Profile:
+    """A relative user_hook is relative to the profile file that names it
+    (to the current folder when given with --set)."""
+    hook = profile.certificates.user_hook
+    if not hook or Path(hook).expanduser().is_absolute() or origin is None:
+        return profile
+    base = Path.cwd() if origin == "--set" else Path(origin).parent
+    anchored = str((base / hook).resolve())
+    return dataclasses.replace(profile, certificates=dataclasses.replace(
+        profile.certificates, user_hook=anchored))
 
 
 def from_dict(data: dict, source: str, known_elements=None) -> Profile:

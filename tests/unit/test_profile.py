@@ -745,3 +745,15 @@ def test_user_hook_is_relative_to_the_profile(write, tmp_path, known):
     p = profiles.load(str(path), known_elements=known)
     assert p.user_hook_path() == (tmp_path / "site" / "hooks" / "fetch.sh").resolve()
     assert profiles.load("prod-mariadb", known_elements=known).user_hook_path() is None
+
+
+def test_user_hook_is_relative_to_the_profile_that_names_it(write, tmp_path, known):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "team").mkdir()
+    write("site/base.yaml", "extends: prod-mariadb\nname: base\n"
+          "certificates:\n  user_hook: hooks/fetch.sh\n")
+    leaf = write("team/leaf.yaml", "extends: ../site/base.yaml\nname: leaf\n")
+    p = profiles.load(str(leaf), known_elements=known)
+    assert p.certificates.user_hook == str((tmp_path / "site/hooks/fetch.sh").resolve())
+    p = profiles.load(str(leaf), ["certificates.user_hook=mine.sh"], known_elements=known)
+    assert p.user_hook_path() == (tmp_path / "mine.sh").resolve()
