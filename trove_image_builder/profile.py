@@ -85,7 +85,8 @@ class GuestAgentSpec:
 
 
 # How the boot-time certificate hook finds the data volume.
-_VOLUME_RE = re.compile(r"^(/dev/[A-Za-z0-9._/:-]+|LABEL=[^\s]+|UUID=[0-9A-Fa-f-]+)$")
+# (written into a shell settings file in the image: no quoting characters)
+_VOLUME_RE = re.compile(r"^(/dev/[A-Za-z0-9._/:-]+|LABEL=[A-Za-z0-9._-]+|UUID=[0-9A-Fa-f-]+)$")
 
 
 @dataclass(frozen=True)

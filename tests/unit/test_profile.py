@@ -724,7 +724,8 @@ def test_certificates_volume_forms(volume, known):
     assert p.certificates.volume == volume
 
 
-@pytest.mark.parametrize("volume", ["vdb", "/mnt/data", "LABEL=", "UUID=xyz", "/dev/vd b"])
+@pytest.mark.parametrize("volume", ["vdb", "/mnt/data", "LABEL=", "UUID=xyz", "/dev/vd b",
+                                    "LABEL=a;reboot", "LABEL=$(id)"])
 def test_certificates_volume_is_checked(volume):
     assert error_of("prod-mariadb", [f"certificates.volume={volume}"]) == (
         f"--set: certificates.volume: '{volume}' is not a device path, LABEL=name or "
