@@ -21,7 +21,7 @@ import time
 import uuid
 
 from . import host, log
-from .errors import BuildError, HostError, VerifyError
+from .errors import BuildError, HostError, InputError, VerifyError
 from .imagefs import image_info
 from .runner import run, stop
 
@@ -245,6 +245,22 @@ def trove_files(expect, transport_url: str | None = None,
                   "debug = True\n")
     return guest_id, {"/etc/trove/conf.d/guest_info.conf": guest_info,
                       "/etc/trove/conf.d/trove-guestagent.conf": agent_conf}
+
+
+# Where the certificate hook (elements/trove-certs) takes delivered files from.
+CERT_STAGING = "/var/lib/trove-certs/incoming"
+CERT_FILES = ("ca.crt", "client.crt", "client.key")
+
+
+def cert_files(folder: Path) -> dict:
+    """The certificates in folder, as files to deliver at boot to the
+    certificate hook's staging folder (as Nova's injected files would)."""
+    folder = Path(folder)
+    if not (folder / "ca.crt").is_file():
+        raise InputError(f"--certs {folder}: no ca.crt there (the set is ca.crt, and "
+                         "optionally client.crt with client.key)")
+    return {f"{CERT_STAGING}/{name}": (folder / name).read_text()
+            for name in CERT_FILES if (folder / name).is_file()}
 
 
 def booted_checks(image: Path, expect, report, contract=False, junit=None) -> None:

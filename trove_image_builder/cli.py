@@ -10,7 +10,7 @@ import yaml
 
 from . import __version__, backends, build as build_mod, elements, host, profile as profiles
 from .cleanup import terminate_as_interrupt
-from .errors import TroveImageBuilderError
+from .errors import InputError, TroveImageBuilderError
 
 
 class CommandError(click.ClickException):
@@ -214,15 +214,30 @@ def verify(image, boot, contract, profile_ref, junit, sets):
               help="Open an ssh session; stop the VM when it ends.")
 @click.option("--profile", "profile_ref", help="The profile the image was built from "
               "(default: from IMAGE.manifest.json).")
+@click.option("--certs", "certs_dir", type=click.Path(path_type=Path),
+              help="Deliver DIR's ca.crt (client.crt, client.key) at boot to the "
+              "certificate hook.")
+@click.option("--volume", type=click.Path(path_type=Path),
+              help="Attach this raw file as the data volume (made blank if missing, kept "
+              "afterwards): boot again with it to play a rebuild.")
 @handle_errors
-def boot(image, open_ssh, profile_ref):
+def boot(image, open_ssh, profile_ref, certs_dir, volume):
     """Boot IMAGE on a throwaway overlay (dev loop): ssh in, Ctrl-C to stop."""
     import subprocess
     import time
     from . import boot as boot_mod, expect as expect_mod
+    from .runner import run
     exp = expect_mod.load(Path(image), profile_ref)
     _guest_id, files = boot_mod.trove_files(exp)
-    with terminate_as_interrupt(), boot_mod.booted(Path(image), exp.guest_user, files) as guest:
+    if certs_dir is not None:
+        if not exp.cert_hook:
+            raise InputError(f"--certs: {image} has no certificate hook "
+                             "(its profile has certificates.enabled: false)")
+        files.update(boot_mod.cert_files(certs_dir))
+    if volume is not None and not volume.exists():
+        run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
+    with terminate_as_interrupt(), boot_mod.booted(Path(image), exp.guest_user, files,
+                                                   volume=volume) as guest:
         click.echo(shlex.join(guest.ssh_argv()))
         if open_ssh:
             subprocess.run(guest.ssh_argv())

@@ -200,7 +200,8 @@ def fake_booted(monkeypatch, tmp_path):
 
     @contextlib.contextmanager
     def booted(image, user, files=None, guest_forwards=(), **kwargs):
-        calls.append({"image": image, "user": user, "files": files})
+        calls.append({"image": image, "user": user, "files": files,
+                      "volume": kwargs.get("volume")})
         yield guest
     monkeypatch.setattr(boot_mod, "booted", booted)
     booted.calls = calls
@@ -313,3 +314,39 @@ def test_build_verify_hook_fails_the_build(hook, fake_verify, tmp_path):
                                  "(offline::test_no_passwords); "
                                  "nothing was written to the output path")
     assert "verified" not in manifest
+
+
+def test_boot_delivers_certificates_and_keeps_a_volume(image, manifest, fake_booted, tmp_path):
+    manifest("prod-mariadb")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_text("CA\n")
+    (certs / "client.crt").write_text("CERT\n")
+    (certs / "client.key").write_text("KEY\n")
+    volume = tmp_path / "volume.raw"
+    result = run("boot", str(image), "--certs", str(certs), "--volume", str(volume))
+    assert result.exit_code == 0, result.output
+    (call,) = fake_booted.calls
+    staged = {path: text for path, text in call["files"].items()
+              if path.startswith("/var/lib/trove-certs/incoming/")}
+    assert staged == {"/var/lib/trove-certs/incoming/ca.crt": "CA\n",
+                      "/var/lib/trove-certs/incoming/client.crt": "CERT\n",
+                      "/var/lib/trove-certs/incoming/client.key": "KEY\n"}
+    assert call["volume"] == volume
+    assert volume.stat().st_size == 2 * 1024 ** 3
+
+
+def test_boot_certs_without_a_ca(image, manifest, fake_booted, tmp_path):
+    manifest("prod-mariadb")
+    assert_error(run("boot", str(image), "--certs", str(tmp_path)),
+                 f"--certs {tmp_path}: no ca.crt there (the set is ca.crt, and optionally "
+                 "client.crt with client.key)")
+    assert fake_booted.calls == []
+
+
+def test_boot_certs_on_an_image_without_the_hook(image, manifest, fake_booted, tmp_path):
+    manifest("dev-mariadb")
+    (tmp_path / "ca.crt").write_text("CA\n")
+    assert_error(run("boot", str(image), "--certs", str(tmp_path)),
+                 f"--certs: {image} has no certificate hook (its profile has "
+                 "certificates.enabled: false)")
