@@ -22,6 +22,7 @@ import uuid
 
 from . import host, log
 from .errors import BuildError, HostError, InputError, VerifyError
+from .expect import CERT_STAGING
 from .imagefs import image_info
 from .runner import run, stop
 
@@ -247,8 +248,6 @@ def trove_files(expect, transport_url: str | None = None,
                       "/etc/trove/conf.d/trove-guestagent.conf": agent_conf}
 
 
-# Where the certificate hook (elements/trove-certs) takes delivered files from.
-CERT_STAGING = "/var/lib/trove-certs/incoming"
 CERT_FILES = ("ca.crt", "client.crt", "client.key")
 
 

@@ -9,6 +9,8 @@ from .errors import InputError
 
 AGENT_VENV = "/opt/guest-agent-venv"
 AGENT_UNIT = "guest-agent.service"
+# Where the certificate hook (elements/trove-certs) takes delivered files from.
+CERT_STAGING = "/var/lib/trove-certs/incoming"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .conftest import cli
 
 pytestmark = pytest.mark.integration
 
-STAGING = "/var/lib/trove-certs/incoming"
+STAGING = expectations.CERT_STAGING
 CERTS = "/etc/trove/certs"
 AGENT = "guest-agent.service"
 

@@ -1,7 +1,7 @@
 """Offline checks: the image mounted read-only, nothing booted."""
 import pytest
 
-from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV
+from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV, CERT_STAGING
 
 TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
 KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"
@@ -174,9 +174,9 @@ def test_certificate_hook(host, expect):
     assert host.service("trove-certs.service").is_enabled, "trove-certs.service is not enabled"
     assert host.service("trove-certs-sync.timer").is_enabled, \
         "trove-certs-sync.timer is not enabled"
-    staging = host.file("/var/lib/trove-certs/incoming")
+    staging = host.file(CERT_STAGING)
     assert staging.is_directory and staging.user == "root" and staging.mode == 0o700, \
-        "the staging folder /var/lib/trove-certs/incoming is not a root-only folder"
+        f"the staging folder {CERT_STAGING} is not a root-only folder"
     if expect.agent_install != "none":
         dropin = host.file(f"/etc/systemd/system/{AGENT_UNIT}.d/30-trove-certs.conf")
         assert dropin.exists and "Requires=trove-certs.service" in dropin.content_string, \
@@ -190,7 +190,7 @@ def test_certificate_hook(host, expect):
     else:
         assert not user_hook.exists, f"{USER_HOOK} in an image whose profile names none"
     # the hook's own check runs in the image: it refuses an empty set
-    check = host.run(f"{CERT_HOOK} check /var/lib/trove-certs/incoming")
+    check = host.run(f"{CERT_HOOK} check {CERT_STAGING}")
     assert check.rc == 1 and "no ca.crt" in check.stderr, \
         f"{CERT_HOOK} check does not run in the image: {check.stderr.strip()[-300:]}"
 
