@@ -12,9 +12,10 @@ import sys
 import tempfile
 import time
 
-from trove_image_builder import build, elements, profile as profiles
-from trove_image_builder.backends.dib import DibBackend
-from trove_image_builder.cleanup import release_workdir
+from trove_image_builder.build import stage as build
+from trove_image_builder import elements, profile as profiles
+from trove_image_builder.build.backends.dib import DibBackend
+from trove_image_builder.plumbing.cleanup import release_workdir
 
 LIMIT = 0.05
 

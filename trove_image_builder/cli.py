@@ -8,8 +8,10 @@ import sys
 import click
 import yaml
 
-from . import __version__, backends, build as build_mod, elements, host, profile as profiles
-from .cleanup import terminate_as_interrupt
+from . import __version__, elements, profile as profiles
+from .build import backends, stage as build_mod
+from .plumbing import host
+from .plumbing.cleanup import terminate_as_interrupt
 from .errors import InputError, TroveImageBuilderError
 
 
@@ -166,7 +168,8 @@ def _verify_hook(prof):
     """Offline verification of a freshly built image, before it is moved
     to the output path."""
     def hook(image, manifest, plan):
-        from . import expect as expect_mod, verify as verify_mod
+        from .contract import expectations as expect_mod
+        from .verify import runner as verify_mod
         from .errors import VerifyError
         exp = expect_mod.from_profile(image, prof, plan.env.get("TROVE_DEV_SSH_PUBKEY"))
         report = verify_mod.verify(image, exp)
@@ -193,7 +196,8 @@ def _verify_hook(prof):
 @handle_errors
 def verify(image, boot, contract, profile_ref, junit, sets):
     """Check IMAGE: offline (mounted read-only), and booted with --boot."""
-    from . import expect as expect_mod, verify as verify_mod
+    from .contract import expectations as expect_mod
+    from .verify import runner as verify_mod
     exp = expect_mod.load(Path(image), profile_ref, sets)
     with terminate_as_interrupt():
         report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
@@ -225,8 +229,9 @@ def boot(image, open_ssh, profile_ref, certs_dir, volume):
     """Boot IMAGE on a throwaway overlay (dev loop): ssh in, Ctrl-C to stop."""
     import subprocess
     import time
-    from . import boot as boot_mod, expect as expect_mod
-    from .runner import run
+    from .vm import boot as boot_mod
+    from .contract import expectations as expect_mod
+    from .plumbing.runner import run
     exp = expect_mod.load(Path(image), profile_ref)
     _guest_id, files = boot_mod.trove_files(exp)
     if certs_dir is not None:

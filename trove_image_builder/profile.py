@@ -19,7 +19,7 @@ import jinja2.sandbox
 import yaml
 
 from . import shipped_dir
-from .backends import names as backend_names
+from .build.backends import names as backend_names
 from .errors import InputError, ProfileError
 
 

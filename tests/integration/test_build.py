@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from trove_image_builder import imagefs
-from trove_image_builder.cleanup import loops_backed_by
+from trove_image_builder.plumbing import imagefs
+from trove_image_builder.plumbing.cleanup import loops_backed_by
 
 from .conftest import REPO, cli
 

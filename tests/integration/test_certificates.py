@@ -11,8 +11,10 @@ import time
 import pytest
 
 from tests import pki
-from trove_image_builder import boot, expect as expectations, imagefs
-from trove_image_builder.rabbit import BrokerTLS, ClientTLS, LocalRabbit, wait_for_rpc
+from trove_image_builder.vm import boot
+from trove_image_builder.contract import expectations as expectations
+from trove_image_builder.plumbing import imagefs
+from trove_image_builder.vm.rabbit import BrokerTLS, ClientTLS, LocalRabbit, wait_for_rpc
 
 from .conftest import cli
 

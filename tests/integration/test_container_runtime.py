@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trove_image_builder import images
+from trove_image_builder.build import images
 
 from .conftest import cli
 

@@ -10,7 +10,7 @@ oslo_messaging = pytest.importorskip("oslo_messaging")
 
 from tests import pki  # noqa: E402
 from tests.unit.test_rabbit import serving_agent  # noqa: E402
-from trove_image_builder import rabbit  # noqa: E402
+from trove_image_builder.vm import rabbit  # noqa: E402
 from trove_image_builder.errors import VerifyError  # noqa: E402
 
 pytestmark = pytest.mark.integration

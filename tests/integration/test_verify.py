@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from trove_image_builder import imagefs
+from trove_image_builder.plumbing import imagefs
 
 from .conftest import cli
 

@@ -1,7 +1,8 @@
 """The backend registry: every registered backend imports and looks right."""
 import pytest
 
-from trove_image_builder import backends, profile as profiles
+from trove_image_builder.build import backends
+from trove_image_builder import profile as profiles
 from trove_image_builder.errors import InputError
 
 

@@ -13,7 +13,12 @@ import time
 import paramiko
 import pytest
 
-from trove_image_builder import boot, expect, host, profile as profiles, verify
+from trove_image_builder.vm import boot
+from trove_image_builder.contract import expectations as expect
+from trove_image_builder.plumbing import host
+from trove_image_builder import profile as profiles
+from trove_image_builder.verify import runner as verify
+from trove_image_builder.verify import booted as booted_mod
 from trove_image_builder.errors import BuildError, HostError, VerifyError
 
 INSTANCE = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -430,14 +435,14 @@ def fake_boot(monkeypatch, guest):
                    host_args=()):
         fake.run_checks_args = (test_file, hosts, stage, junit, extra_fixtures, host_args)
 
-    monkeypatch.setattr(boot, "booted", booted)
-    monkeypatch.setattr(verify, "run_checks", run_checks)
+    monkeypatch.setattr(booted_mod, "booted", booted)
+    monkeypatch.setattr(booted_mod, "run_checks", run_checks)
     return fake
 
 
 def test_booted_checks_wires_the_guest_to_the_checks(fake_boot, prod_expect, guest, tmp_path):
     report = verify.Report("/images/x.qcow2")
-    boot.booted_checks(Path("/images/x.qcow2"), prod_expect, report, junit=tmp_path / "j")
+    booted_mod.booted_checks(Path("/images/x.qcow2"), prod_expect, report, junit=tmp_path / "j")
     image, user, files, forwards = fake_boot.booted_args
     assert (image, user, forwards) == (Path("/images/x.qcow2"), "trove", ())
     test_file, hosts, stage, junit, extra, host_args = fake_boot.run_checks_args
@@ -457,4 +462,4 @@ def test_booted_checks_wires_the_guest_to_the_checks(fake_boot, prod_expect, gue
 def test_booted_checks_turns_a_build_error_into_a_verify_error(fake_boot, prod_expect):
     fake_boot.raises = BuildError("command failed with exit code 1: qemu-img create")
     with pytest.raises(VerifyError, match="^command failed with exit code 1: qemu-img create$"):
-        boot.booted_checks(Path("/images/x.qcow2"), prod_expect, verify.Report("x"))
+        booted_mod.booted_checks(Path("/images/x.qcow2"), prod_expect, verify.Report("x"))

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 import pytest
 import yaml
 
-from trove_image_builder.plan import default_output
-from trove_image_builder import __version__, build as build_mod, profile as profiles
+from trove_image_builder.build.plan import default_output
+from trove_image_builder import __version__, profile as profiles
+from trove_image_builder.build import stage as build_mod
 from trove_image_builder.cli import main
 from trove_image_builder.errors import BuildError, HostError
 

@@ -10,8 +10,11 @@ from types import SimpleNamespace
 from click.testing import CliRunner
 import pytest
 
-from trove_image_builder import (boot as boot_mod, build as build_mod, expect as expect_mod,
-                                 profile as profiles, verify as verify_mod)
+from trove_image_builder.vm import boot as boot_mod
+from trove_image_builder.build import stage as build_mod
+from trove_image_builder.contract import expectations as expect_mod
+from trove_image_builder import profile as profiles
+from trove_image_builder.verify import runner as verify_mod
 from trove_image_builder.cli import main
 from trove_image_builder.errors import VerifyError
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from trove_image_builder import expect, profile as profiles
+from trove_image_builder.contract import expectations as expect
+from trove_image_builder import profile as profiles
 from trove_image_builder.errors import InputError
 
 DEV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheUnitTests trove-image-builder dev key"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from trove_image_builder import host
+from trove_image_builder.plumbing import host
 
 SHIMS = host.SHIMS_DIR
 SHIM_NAMES = ("kpartx", "dmsetup", "sudo")

@@ -3,10 +3,11 @@ from pathlib import Path
 
 import pytest
 
-from trove_image_builder import host, profile as profiles
-from trove_image_builder.backends.dib import DibBackend
+from trove_image_builder.plumbing import host
+from trove_image_builder import profile as profiles
+from trove_image_builder.build.backends.dib import DibBackend
 from trove_image_builder.errors import InputError
-from trove_image_builder.plan import (DEV_KEY_PLACEHOLDER, check_inputs, default_output,
+from trove_image_builder.build.plan import (DEV_KEY_PLACEHOLDER, check_inputs, default_output,
                                       dev_key_path, make_plan)
 
 BASE_ELEMENTS = ("debian-minimal", "vm", "block-device-mbr", "trove-guest")
@@ -314,7 +315,7 @@ def test_ca_bundle_is_not_passed_without_a_guest_agent(known, tmp_path):
 
 
 def test_host_ca_bundle_is_taken_from_the_environment(tmp_path, monkeypatch):
-    from trove_image_builder import build as build_mod
+    from trove_image_builder.build import stage as build_mod
     for var in ("TROVE_IMAGE_BUILDER_CA_BUNDLE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
         monkeypatch.delenv(var, raising=False)
     assert build_mod.host_ca_bundle() is None

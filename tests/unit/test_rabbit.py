@@ -16,7 +16,8 @@ oslo_messaging = pytest.importorskip("oslo_messaging")
 from oslo_config import cfg  # noqa: E402
 
 from tests import pki  # noqa: E402
-from trove_image_builder import host, rabbit  # noqa: E402
+from trove_image_builder.plumbing import host  # noqa: E402
+from trove_image_builder.vm import rabbit  # noqa: E402
 from trove_image_builder.errors import HostError, VerifyError  # noqa: E402
 
 # oslo.messaging registers these groups on the global cfg.CONF only, yet

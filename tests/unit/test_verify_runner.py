@@ -9,7 +9,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from trove_image_builder import expect, imagefs, profile as profiles, verify
+from trove_image_builder.contract import expectations as expect
+from trove_image_builder.plumbing import imagefs
+from trove_image_builder import profile as profiles
+from trove_image_builder.verify import runner as verify
 from trove_image_builder.errors import VerifyError
 
 CHECKS = '''
@@ -374,7 +377,7 @@ def test_offline_notices_a_changed_image(image, prod_expect, fake_checks):
 
 @pytest.fixture
 def fake_booted(monkeypatch):
-    from trove_image_builder import boot
+    from trove_image_builder.verify import booted as boot
     calls = []
 
     def booted_checks(image, exp, report, contract=False, junit=None):

@@ -16,10 +16,12 @@ import types
 from click.testing import CliRunner
 import pytest
 
-from trove_image_builder import build as build_mod, elements, host, profile as profiles
-from trove_image_builder.backends import virt_customize as vc
-from trove_image_builder.backends.dib import DibBackend
-from trove_image_builder.backends.virt_customize import (
+from trove_image_builder.build import stage as build_mod
+from trove_image_builder import elements, profile as profiles
+from trove_image_builder.plumbing import host
+from trove_image_builder.build.backends import virt_customize as vc
+from trove_image_builder.build.backends.dib import DibBackend
+from trove_image_builder.build.backends.virt_customize import (
     IN_TARGET, PhaseRefused, VirtCustomizeBackend, base_plan, element_env, package_actions,
     phase_scripts, refuse_unrunnable, resolve)
 from trove_image_builder.cli import main

@@ -20,11 +20,11 @@ import tempfile
 import time
 import uuid
 
-from . import host, log
-from .errors import BuildError, HostError, InputError, VerifyError
-from .expect import CERT_STAGING
-from .imagefs import image_info
-from .runner import run, stop
+from ..plumbing import host, log
+from ..errors import BuildError, HostError, InputError, VerifyError
+from ..contract.expectations import CERT_STAGING
+from ..plumbing.imagefs import image_info
+from ..plumbing.runner import run, stop
 
 GUEST_FORWARD_IP = "10.0.2.100"
 BOOT_TIMEOUT = 900
@@ -260,34 +260,3 @@ def cert_files(folder: Path) -> dict:
                          "optionally client.crt with client.key)")
     return {f"{CERT_STAGING}/{name}": (folder / name).read_text()
             for name in CERT_FILES if (folder / name).is_file()}
-
-
-def booted_checks(image: Path, expect, report, contract=False, junit=None) -> None:
-    """Boot the image and run the booted checks (and the contract test)."""
-    from .verify import run_checks
-    broker = None
-    stack = contextlib.ExitStack()
-    try:
-        forwards = ()
-        if contract:
-            from .rabbit import LocalRabbit
-            with log.step("start a RabbitMQ on 127.0.0.1 for the contract test"):
-                broker = stack.enter_context(LocalRabbit())
-            forwards = ((5672, broker.port),)
-        guest_id, files = trove_files(expect)
-        start = time.monotonic()
-        with log.step(f"boot {image.name} (overlay; the image is not written)"):
-            guest = stack.enter_context(booted(image, expect.guest_user, files, forwards))
-            log.info(f"ssh answered after {guest.boot_seconds} s")
-        report.seconds["boot"] = guest.boot_seconds
-        extra = {"booted": {"guest": guest, "guest_id": guest_id, "broker": broker,
-                            "contract": contract}}
-        with log.step("booted checks over ssh"):
-            run_checks("test_booted.py", guest.hostspec, expect, report, "booted",
-                       junit=junit, extra_fixtures=extra,
-                       host_args=(f"--ssh-config={guest.ssh_config()}",))
-        report.seconds["booted"] = round(time.monotonic() - start, 1)
-    except BuildError as exc:
-        raise VerifyError(exc.message) from exc
-    finally:
-        stack.close()

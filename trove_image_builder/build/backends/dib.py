@@ -8,11 +8,11 @@ import signal
 import subprocess
 import time
 
-from .. import host, log
-from ..cleanup import forget_dev_mapper, release_workdir
-from ..errors import BuildError
+from ...plumbing import host, log
+from ...plumbing.cleanup import forget_dev_mapper, release_workdir
+from ...errors import BuildError
 from ..plan import BuildPlan
-from ..runner import replay_line
+from ...plumbing.runner import replay_line
 
 PHASE_RE = re.compile(
     r"(?:Running hooks from \S*?/|dib-run-parts.*?/|Running in phase )"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from .errors import HostError
+from ..errors import HostError
 
 SHIMS_DIR = Path(__file__).resolve().parent / "hostshims"
 

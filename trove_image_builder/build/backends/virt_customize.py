@@ -32,10 +32,11 @@ import time
 
 import yaml
 
-from .. import elements as elements_mod, host, log
-from ..errors import BuildError, HostError, InputError
+from ... import elements as elements_mod
+from ...plumbing import host, log
+from ...errors import BuildError, HostError, InputError
 from ..plan import BuildPlan
-from ..runner import run
+from ...plumbing.runner import run
 
 # Phases run inside the guest, in DIB's order.
 GUEST_PHASES = ("pre-install.d", "install.d", "post-install.d", "finalise.d")

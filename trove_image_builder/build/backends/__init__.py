@@ -3,11 +3,11 @@ imported only when used, so that a backend's dependencies (libguestfs, ...)
 are needed only by the builds that choose it."""
 import importlib
 
-from ..errors import InputError
+from ...errors import InputError
 
 REGISTRY = {
-    "dib": "trove_image_builder.backends.dib:DibBackend",
-    "virt-customize": "trove_image_builder.backends.virt_customize:VirtCustomizeBackend",
+    "dib": "trove_image_builder.build.backends.dib:DibBackend",
+    "virt-customize": "trove_image_builder.build.backends.virt_customize:VirtCustomizeBackend",
 }
 
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 
 from . import host
-from .errors import BuildError, InputError
+from ..errors import BuildError, InputError
 from .runner import run, stop
 
 

@@ -2,7 +2,7 @@
 Trove contract test: the agent answers an RPC call over RabbitMQ."""
 import pytest
 
-from trove_image_builder.expect import AGENT_UNIT
+from trove_image_builder.contract.expectations import AGENT_UNIT
 
 AGENT_DEADLINE = 600
 
@@ -96,7 +96,7 @@ def test_contract_rpc_ping(host, expect, booted):
         pytest.skip("contract test not asked for (--contract)")
     if expect.agent_install == "none":
         pytest.skip("agentless image")
-    from trove_image_builder.rabbit import wait_for_rpc
+    from trove_image_builder.vm.rabbit import wait_for_rpc
     try:
         answer, waited = wait_for_rpc(booted["broker"].url, booted["guest_id"], AGENT_DEADLINE)
     except Exception as exc:

@@ -8,7 +8,7 @@ import os
 import shlex
 import subprocess
 
-from .errors import BuildError
+from ..errors import BuildError
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from . import imagefs, log
-from .errors import VerifyError
-from .expect import Expectations
-from .runner import sha256_of
+from ..plumbing import imagefs, log
+from ..errors import VerifyError
+from ..contract.expectations import Expectations
+from ..plumbing.runner import sha256_of
 
 CHECKS = Path(__file__).resolve().parent / "checks"
 
@@ -119,7 +119,7 @@ def verify(image: Path, expect: Expectations, boot=False, contract=False,
             return Path(parts) / f"{stage}.xml" if junit is not None else None
         offline(image, expect, report, junit=part("offline"))
         if boot or contract:
-            from .boot import booted_checks
+            from .booted import booted_checks
             booted_checks(image, expect, report, contract=contract, junit=part("booted"))
         if junit is not None:
             _merge_junit(Path(junit), [part("offline"), part("booted")], report.names)

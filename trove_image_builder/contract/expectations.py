@@ -4,8 +4,8 @@ from dataclasses import dataclass
 import json
 from pathlib import Path
 
-from . import elements, profile as profiles
-from .errors import InputError
+from .. import elements, profile as profiles
+from ..errors import InputError
 
 AGENT_VENV = "/opt/guest-agent-venv"
 AGENT_UNIT = "guest-agent.service"

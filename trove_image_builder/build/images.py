@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 import tarfile
 
-from . import host
-from .errors import HostError, InputError
-from .runner import run, sha256_of
+from ..plumbing import host
+from ..errors import HostError, InputError
+from ..plumbing.runner import run, sha256_of
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ import shutil
 import tempfile
 import time
 
-from . import __version__, backends, elements, host, imagefs, images, log
-from .cleanup import release_workdir, terminate_as_interrupt
+from .. import __version__, elements
+from . import backends, images
+from ..plumbing import host, imagefs, log
+from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
 from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
                        venv_packages)
-from .errors import BuildError
+from ..errors import BuildError
 from .plan import BuildPlan, check_inputs, make_plan  # noqa: F401 (check_inputs: cli)
-from .runner import run, sha256_of
+from ..plumbing.runner import run, sha256_of
 
 AGENT_VENV = "/opt/guest-agent-venv"
 

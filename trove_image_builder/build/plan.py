@@ -4,9 +4,9 @@ variables, which image. Backends execute a plan; they do not read profiles.
 from dataclasses import dataclass
 from pathlib import Path
 
-from .elements import Element, datastores, search_path
-from .errors import InputError
-from .profile import DISTROS, Profile
+from ..elements import Element, datastores, search_path
+from ..errors import InputError
+from ..profile import DISTROS, Profile
 
 # Set at build time; shown this way by --dry-run.
 DEV_KEY_PLACEHOLDER = "<per-build key, generated at build time>"

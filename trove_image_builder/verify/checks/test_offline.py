@@ -1,7 +1,7 @@
 """Offline checks: the image mounted read-only, nothing booted."""
 import pytest
 
-from trove_image_builder.expect import AGENT_UNIT, AGENT_VENV, CERT_STAGING
+from trove_image_builder.contract.expectations import AGENT_UNIT, AGENT_VENV, CERT_STAGING
 
 TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
 KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"

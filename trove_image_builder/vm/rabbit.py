@@ -18,8 +18,8 @@ import tempfile
 import time
 import uuid
 
-from . import host
-from .errors import HostError, TroveImageBuilderError, VerifyError
+from ..plumbing import host
+from ..errors import HostError, TroveImageBuilderError, VerifyError
 
 START_TIMEOUT = 120
 # Debian's /usr/sbin wrappers switch to the rabbitmq user (another HOME,
