@@ -1,5 +1,4 @@
 """The trove-image-builder command line: parse, call the library, print."""
-import functools
 import json
 from pathlib import Path
 import shlex
@@ -10,41 +9,43 @@ import yaml
 
 from . import __version__, elements, profile as profiles
 from .build import backends, stage as build_mod
-from .plumbing import host
+from .plumbing import host, log
 from .plumbing.cleanup import terminate_as_interrupt
-from .errors import InputError, TroveImageBuilderError
+from .errors import ExitCode, InputError, TroveImageBuilderError, VerifyError
 
 
 class CommandError(click.ClickException):
-    def __init__(self, message: str, exit_code: int):
+    """One 'Error: ...' line and an exit code from errors.ExitCode."""
+
+    def __init__(self, message: str, exit_code: ExitCode):
         super().__init__(message)
         self.exit_code = exit_code
 
 
-def handle_errors(func):
-    """Library errors become 'Error: ...' and their exit code; no traceback
-    unless --debug."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug")
+def command_error(exc: BaseException) -> CommandError:
+    """What the user sees of an exception a command raised."""
+    if isinstance(exc, TroveImageBuilderError):
+        return CommandError(exc.message, exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return CommandError("interrupted; nothing was written to the output path",
+                            ExitCode.INTERRUPTED)
+    return CommandError(f"internal error: {type(exc).__name__}: {exc} "
+                        "(run with --debug for the traceback)", ExitCode.INTERNAL)
+
+
+class Main(click.Group):
+    """The root group, the one place where whatever a command raises becomes
+    'Error: ...' and an exit code; a traceback only with --debug."""
+
+    def invoke(self, ctx):
         try:
-            return func(*args, **kwargs)
-        except TroveImageBuilderError as exc:
-            if debug:
-                raise
-            raise CommandError(exc.message, exc.exit_code) from exc
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            raise CommandError("interrupted; nothing was written to the output path", 130)
+            return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if debug:
+        except (Exception, KeyboardInterrupt) as exc:  # the last line of defence
+            if ctx.params.get("debug"):
                 raise
-            raise CommandError(f"internal error: {type(exc).__name__}: {exc} "
-                               "(run with --debug for the traceback)", 1) from exc
-    return wrapper
+            raise command_error(exc) from exc
 
 
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -55,8 +56,8 @@ elements_path_option = click.option(
     help="Another folder of DIB elements (repeatable).")
 
 
-@click.group()
-@click.version_option(__version__, prog_name="trove-image-builder")
+@click.group(cls=Main)
+@click.version_option(__version__)    # named as run: trove-image-builder or image-builder
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(debug):
     """Build OpenStack Trove guest images from YAML profiles."""
@@ -68,9 +69,13 @@ def profiles_group():
 
 
 @profiles_group.command("list")
-@handle_errors
 def profiles_list():
-    """List the shipped profiles with their description."""
+    """List the shipped profiles with their description.
+
+    \b
+    Example:
+      trove-image-builder profiles list
+    """
     for name, path in profiles.available().items():
         try:
             desc = profiles.load(name).description
@@ -83,9 +88,14 @@ def profiles_list():
 @click.argument("profile")
 @set_option
 @elements_path_option
-@handle_errors
 def profiles_show(profile, sets, extra_paths):
-    """Print PROFILE (a name or a YAML path) fully rendered and validated."""
+    """Print PROFILE (a name or a YAML path) fully rendered and validated.
+
+    \b
+    Examples:
+      trove-image-builder profiles show prod-mariadb --set image.size=6G
+      trove-image-builder profiles show ./mine.yaml --elements-path ./my-elements
+    """
     prof = profiles.load(profile, sets, known_elements=elements.discover(extra_paths))
     click.echo(f"# {prof.source}\n# digest: {prof.digest()}")
     click.echo(yaml.safe_dump(prof.to_dict(), sort_keys=False), nl=False)
@@ -93,7 +103,12 @@ def profiles_show(profile, sets, extra_paths):
 
 @profiles_group.command("settings")
 def profiles_settings():
-    """List every profile setting with its allowed values."""
+    """List every profile setting with its allowed values.
+
+    \b
+    Example:
+      trove-image-builder profiles settings
+    """
     for name, allowed, help_text in profiles.describe_settings():
         click.echo(f"{name:24} {allowed:36} {help_text}")
 
@@ -106,9 +121,14 @@ def elements_group():
 @elements_group.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Also list diskimage-builder's own.")
 @elements_path_option
-@handle_errors
 def elements_list(show_all, extra_paths):
-    """List the shipped elements with their one-line description."""
+    """List the shipped elements with their one-line description.
+
+    \b
+    Examples:
+      trove-image-builder elements list
+      trove-image-builder elements list --all --elements-path ./my-elements
+    """
     for el in elements.discover(extra_paths).values():
         if el.origin == "dib" and not show_all:
             continue
@@ -118,12 +138,18 @@ def elements_list(show_all, extra_paths):
 
 
 @main.command("check")
-@click.option("--backend", default="dib", show_default=True, help="Backend to check for.")
-@handle_errors
+@click.option("--backend", type=click.Choice(backends.names()), default="dib",
+              show_default=True, help="Backend to check for.")
 def check(backend):
-    """Check the host: tools, root, loop devices, partition route, KVM or TCG."""
+    """Check the host: tools, root, loop devices, partition route, KVM or TCG.
+
+    \b
+    Examples:
+      trove-image-builder check
+      trove-image-builder check --backend virt-customize
+    """
     back = backends.get(backend)
-    found = host.checks(back.tools) + list(getattr(back, "extra_checks", list)())
+    found = back.host_checks()
     for c in found:
         mark = "ok  " if c.ok else "FAIL"
         click.echo(f"{mark} {c.name:22} {c.detail}" + (f"  -> {c.fix}" if c.fix else ""))
@@ -141,45 +167,69 @@ def check(backend):
                    "check fails the build.")
 @set_option
 @elements_path_option
-@handle_errors
 def build(profile, output, backend, dry_run, verify_after, sets, extra_paths):
-    """Build PROFILE (a name or a YAML path) into a disk image."""
+    """Build PROFILE (a name or a YAML path) into a disk image.
+
+    \b
+    Examples:
+      trove-image-builder build prod-mariadb -o out/prod-mariadb.qcow2 --verify
+      trove-image-builder build prod-mariadb --set image.size=6G --dry-run
+      trove-image-builder build dev-mariadb --set trove_source=../trove
+    """
     known = elements.discover(extra_paths)
     prof = profiles.load(profile, sets, known_elements=known)
     if dry_run:
         plan = build_mod.plan_for(prof, output, extra_paths, known)
         build_mod.check_inputs(plan)
         back = backends.get(backend or prof.backend)
-        argv, env = back.command(plan, build_mod.cache_dir() / "work" / "BUILD",
-                                 build_mod.cache_dir())
-        for key in sorted(env):
-            click.echo(f"export {key}={shlex.quote(env[key])}")
-        click.echo(shlex.join(argv))
+        for line in back.describe(plan, build_mod.cache_dir() / "work" / "BUILD",
+                                  build_mod.cache_dir()):
+            click.echo(line)
         return
-    hook = _verify_hook(prof) if verify_after else None
-    image, manifest = build_mod.build(prof, output, extra_paths, backend, verify_hook=hook)
+    if not verify_after:
+        image, manifest = build_mod.build(prof, output, extra_paths, backend)
+    else:
+        # stage, verify the staged image, publish: a failed check leaves
+        # nothing at the output path
+        from .contract.expectations import from_manifest
+        from .verify import runner as verify_mod
+        with build_mod.staged(prof, output, extra_paths, backend) as st:
+            with log.step("verify before moving into place", st.manifest["timings"],
+                          "verify"):
+                report = verify_mod.verify(st.image, from_manifest(st.image, st.manifest))
+            if report.failed:
+                names = ", ".join(o.check for o in report.failed)
+                raise VerifyError(f"the built image failed verification ({names}); "
+                                  "nothing was written to the output path")
+            st.manifest["verified"] = {"offline": True, "checks_passed": sum(
+                1 for o in report.outcomes if o.passed), "seconds": report.seconds}
+            image, manifest = build_mod.publish(st)
     click.echo(json.dumps({"image": str(image),
                            "sha256": manifest["image"]["sha256"],
                            "size_bytes": manifest["image"]["size_bytes"],
                            "seconds": manifest["timings"]["total"]}))
 
 
-def _verify_hook(prof):
-    """Offline verification of a freshly built image, before it is moved
-    to the output path."""
-    def hook(image, manifest, plan):
-        from .contract import expectations as expect_mod
-        from .verify import runner as verify_mod
-        from .errors import VerifyError
-        exp = expect_mod.from_profile(image, prof, plan.env.get("TROVE_DEV_SSH_PUBKEY"))
-        report = verify_mod.verify(image, exp)
-        if report.failed:
-            names = ", ".join(o.check for o in report.failed)
-            raise VerifyError(f"the built image failed verification ({names}); "
-                              "nothing was written to the output path")
-        manifest["verified"] = {"offline": True, "checks_passed": sum(
-            1 for o in report.outcomes if o.passed), "seconds": report.seconds}
-    return hook
+def _expectations(image, profile_ref, sets, extra_paths):
+    """What IMAGE must hold: its manifest's contract, or with --profile what
+    a build of that profile (--set, --elements-path) would hold."""
+    from .contract import expectations as expect_mod
+    image = Path(image)
+    if not profile_ref:
+        if sets or extra_paths:
+            raise InputError("--set and --elements-path describe a profile: give it with "
+                             "--profile (without it, the image's manifest says what it holds)")
+        return expect_mod.load(image)
+    if not image.is_file():
+        raise InputError(f"{image}: no such image file")
+    from .build.manifest import contract_for
+    known = elements.discover(extra_paths)
+    prof = profiles.load(profile_ref, sets, known_elements=known)
+    plan = build_mod.plan_for(prof, image, extra_paths, known)
+    manifest = expect_mod.read_manifest(image) or {}
+    built = expect_mod.from_manifest(image, manifest) if manifest else None
+    return contract_for(plan, built.dev_public_key if built else None,
+                        built.images if built and built.images else None).for_image(image)
 
 
 @main.command("verify")
@@ -193,12 +243,18 @@ def _verify_hook(prof):
               "(default: from IMAGE.manifest.json).")
 @click.option("--junit", type=click.Path(), help="Write a JUnit XML report here.")
 @set_option
-@handle_errors
-def verify(image, boot, contract, profile_ref, junit, sets):
-    """Check IMAGE: offline (mounted read-only), and booted with --boot."""
-    from .contract import expectations as expect_mod
+@elements_path_option
+def verify(image, boot, contract, profile_ref, junit, sets, extra_paths):
+    """Check IMAGE: offline (mounted read-only), and booted with --boot.
+
+    \b
+    Examples:
+      trove-image-builder verify out/prod-mariadb.qcow2
+      trove-image-builder verify out/prod-mariadb.qcow2 --contract --junit report.xml
+      trove-image-builder verify out/x.qcow2 --profile ./mine.yaml --elements-path ./mine
+    """
     from .verify import runner as verify_mod
-    exp = expect_mod.load(Path(image), profile_ref, sets)
+    exp = _expectations(image, profile_ref, sets, extra_paths)
     with terminate_as_interrupt():
         report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
                                    junit=Path(junit) if junit else None)
@@ -209,7 +265,8 @@ def verify(image, boot, contract, profile_ref, junit, sets):
                            "seconds": report.seconds}))
     if report.failed:
         names = ", ".join(o.check for o in report.failed)
-        raise CommandError(f"{len(report.failed)} check(s) failed for {image}: {names}", 1)
+        raise CommandError(f"{len(report.failed)} check(s) failed for {image}: {names}",
+                           ExitCode.FAILED)
 
 
 @main.command("boot")
@@ -224,21 +281,27 @@ def verify(image, boot, contract, profile_ref, junit, sets):
 @click.option("--volume", type=click.Path(path_type=Path),
               help="Attach this raw file as the data volume (made blank if missing, kept "
               "afterwards): boot again with it to play a rebuild.")
-@handle_errors
-def boot(image, open_ssh, profile_ref, certs_dir, volume):
-    """Boot IMAGE on a throwaway overlay (dev loop): ssh in, Ctrl-C to stop."""
+@set_option
+@elements_path_option
+def boot(image, open_ssh, profile_ref, certs_dir, volume, sets, extra_paths):
+    """Boot IMAGE on a throwaway overlay (dev loop): ssh in, Ctrl-C to stop.
+
+    \b
+    Examples:
+      trove-image-builder boot out/dev-mariadb.qcow2 --ssh
+      trove-image-builder boot out/prod-mariadb.qcow2 --certs ./certs --volume vol.raw
+    """
     import subprocess
     import time
     from .vm import boot as boot_mod
-    from .contract import expectations as expect_mod
     from .plumbing.runner import run
-    exp = expect_mod.load(Path(image), profile_ref)
-    _guest_id, files = boot_mod.trove_files(exp)
+    exp = _expectations(image, profile_ref, sets, extra_paths)
+    _injection, files = boot_mod.trove_files(exp)
     if certs_dir is not None:
         if not exp.cert_hook:
             raise InputError(f"--certs: {image} has no certificate hook "
                              "(its profile has certificates.enabled: false)")
-        files.update(boot_mod.cert_files(certs_dir))
+        files.update(boot_mod.cert_files(certs_dir, exp.paths.cert_staging))
     if volume is not None and not volume.exists():
         run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
     with terminate_as_interrupt(), boot_mod.booted(Path(image), exp.guest_user, files,

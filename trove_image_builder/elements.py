@@ -21,6 +21,11 @@ class DatastoreInfo:
     service: str
     data_dir: str
     query: str
+    manager: str = ""     # Trove's datastore_manager (default: the name)
+
+    def __post_init__(self):
+        if not self.manager:
+            object.__setattr__(self, "manager", self.name)
 
     def package_for(self, version: str) -> str:
         return self.package.format(version=version)
@@ -74,7 +79,8 @@ def _datastore(folder: Path) -> DatastoreInfo | None:
         return DatastoreInfo(
             name=data["name"], runtimes=tuple(data["runtimes"]),
             package=data["package"], service=data["service"],
-            data_dir=data["data_dir"], query=data.get("query", ""))
+            data_dir=data["data_dir"], query=data.get("query", ""),
+            manager=data.get("manager", ""))
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise InputError(f"{spec}: not a valid datastore description ({exc}); "
                          "it needs name, runtimes, package, service, data_dir") from exc

@@ -8,14 +8,7 @@ import sys
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cli(*args, timeout=3600, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real command line, as a user would."""
-    return subprocess.run([sys.executable, "-m", "trove_image_builder.cli", *args],
-                          cwd=REPO, text=True, capture_output=True, timeout=timeout,
-                          **kwargs)
+from tests.helpers.cli import cli
 
 
 class BuiltImage:

@@ -14,7 +14,7 @@ import pytest
 from trove_image_builder.plumbing import imagefs
 from trove_image_builder.plumbing.cleanup import loops_backed_by
 
-from .conftest import REPO, cli
+from tests.helpers.cli import REPO, cli
 
 pytestmark = pytest.mark.integration
 

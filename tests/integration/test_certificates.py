@@ -12,17 +12,17 @@ import pytest
 
 from tests import pki
 from trove_image_builder.vm import boot
-from trove_image_builder.contract import expectations as expectations
+from trove_image_builder.contract import expectations, paths
 from trove_image_builder.plumbing import imagefs
 from trove_image_builder.vm.rabbit import BrokerTLS, ClientTLS, LocalRabbit, wait_for_rpc
 
-from .conftest import cli
+from tests.helpers.cli import cli
 
 pytestmark = pytest.mark.integration
 
-STAGING = expectations.CERT_STAGING
-CERTS = "/etc/trove/certs"
-AGENT = "guest-agent.service"
+STAGING = paths.current().cert_staging
+CERTS = paths.current().certs
+AGENT = paths.current().agent_unit
 
 
 class Pki:
@@ -119,7 +119,7 @@ def _copy_on_volume(volume, mnt) -> dict:
 def test_first_boot_installs_rotates_and_refuses(prod_mariadb, certs, volume, tmp_path):
     expect = expectations.load(prod_mariadb.path)
     assert expect.cert_hook, "prod-mariadb must get the certificate hook by default"
-    _guest_id, files = boot.trove_files(expect)
+    _injection, files = boot.trove_files(expect)
     files[f"{STAGING}/ca.crt"] = certs.ca.cert_pem
     files[f"{STAGING}/client.crt"] = certs.client.cert_pem
     files[f"{STAGING}/client.key"] = certs.client.key_pem
@@ -183,7 +183,7 @@ def test_rebuild_restores_from_the_volume_and_the_agent_answers_over_tls(
     server_cert, server_key = certs.broker.write(tmp_path, "broker")
     client_cert, client_key = certs.rotated.write(tmp_path, "client")
     with LocalRabbit(tls=BrokerTLS(ca=ca, cert=server_cert, key=server_key)) as broker:
-        guest_id, files = boot.trove_files(expect)
+        injection, files = boot.trove_files(expect)
         # Trove's own configuration switches TLS on; the hook supplies the files
         files["/etc/trove/conf.d/trove-guestagent.conf"] += \
             "\n[oslo_messaging_rabbit]\nssl = True\n"
@@ -195,8 +195,9 @@ def test_rebuild_restores_from_the_volume_and_the_agent_answers_over_tls(
             assert out(guest, f"openssl verify {CERTS}/client.crt") == \
                 f"{CERTS}/client.crt: OK"
             answer, waited = wait_for_rpc(
-                broker.url, guest_id, 600,
-                tls=ClientTLS(ca=ca, cert=client_cert, key=client_key))
+                broker.url, injection.guest_id, 600,
+                tls=ClientTLS(ca=ca, cert=client_cert, key=client_key),
+                rpc_key=injection.rpc_key)
             assert answer is True
             shown = dict(line.split("=", 1) for line in out(
                 guest, f"systemctl show {AGENT} -p ActiveState -p NRestarts").splitlines())

@@ -6,7 +6,7 @@ import pytest
 
 from trove_image_builder.build import images
 
-from .conftest import cli
+from tests.helpers.cli import cli
 
 pytestmark = pytest.mark.integration
 

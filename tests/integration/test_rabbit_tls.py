@@ -9,7 +9,7 @@ import pytest
 oslo_messaging = pytest.importorskip("oslo_messaging")
 
 from tests import pki  # noqa: E402
-from tests.unit.test_rabbit import serving_agent  # noqa: E402
+from tests.helpers.agent import serving_agent  # noqa: E402
 from trove_image_builder.vm import rabbit  # noqa: E402
 from trove_image_builder.errors import VerifyError  # noqa: E402
 

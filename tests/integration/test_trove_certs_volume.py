@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from tests import pki
-from tests.unit.test_trove_certs_hook import Guest
+from tests.helpers.certs_hook import Guest
 
 pytestmark = pytest.mark.integration
 

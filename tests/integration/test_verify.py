@@ -8,7 +8,7 @@ import pytest
 
 from trove_image_builder.plumbing import imagefs
 
-from .conftest import cli
+from tests.helpers.cli import cli
 
 pytestmark = pytest.mark.integration
 

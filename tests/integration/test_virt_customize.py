@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .conftest import cli
+from tests.helpers.cli import cli
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import time
 import paramiko
 import pytest
 
+from tests.helpers import manifests
 from trove_image_builder.vm import boot
 from trove_image_builder.contract import expectations as expect
 from trove_image_builder.plumbing import host
@@ -50,7 +51,7 @@ def fake_which(monkeypatch):
 
 @pytest.fixture(scope="module")
 def prod_expect():
-    return expect.from_profile(Path("/images/x.qcow2"), profiles.load("prod-mariadb"))
+    return manifests.contract("prod-mariadb")
 
 
 # --------------------------------------------------------------------------
@@ -211,18 +212,48 @@ def parse(text: str) -> configparser.ConfigParser:
     return conf
 
 
-def test_trove_files_guest_info(prod_expect):
-    guest_id, files = boot.trove_files(prod_expect)
+def test_trove_files_guest_info_has_every_key_trove_writes(prod_expect):
+    injection, files = boot.trove_files(prod_expect)
     assert sorted(files) == ["/etc/trove/conf.d/guest_info.conf",
                              "/etc/trove/conf.d/trove-guestagent.conf"]
-    info = parse(files["/etc/trove/conf.d/guest_info.conf"])["DEFAULT"]
-    assert info["guest_id"] == guest_id
+    text = files["/etc/trove/conf.d/guest_info.conf"]
+    info = parse(text)["DEFAULT"]
+    # trove/instance/models.py Instance.get_injected_files, in its order
+    assert list(info) == ["guest_id", "datastore_manager", "datastore_version", "tenant_id",
+                          "datastore_registry_ext", "replication_strategy", "ssl_mode",
+                          "network_isolation", "instance_rpc_encr_key"]
+    assert info["guest_id"] == injection.guest_id
     assert info["datastore_manager"] == "mariadb"
-    assert info["tenant_id"]
+    assert info["datastore_version"] == "10.11"
+    assert info["datastore_registry_ext"] == \
+        "mariadb:trove.guestagent.datastore.mariadb.manager.Manager"
+    assert info["replication_strategy"] == \
+        "trove.guestagent.strategies.replication.mariadb_gtid.MariaDBGTIDReplication"
+    assert (info["ssl_mode"], info["network_isolation"]) == ("None", "True")
+    assert info["instance_rpc_encr_key"] == injection.rpc_key and len(injection.rpc_key) == 32
+    # written as Trove writes it: key=value, no spaces
+    assert f"\nguest_id={injection.guest_id}\n" in text
+
+
+def test_trove_files_without_secure_rpc_have_no_key(prod_expect):
+    _, files = boot.trove_files(prod_expect, rpc_key=None)
+    assert "instance_rpc_encr_key" not in parse(
+        files["/etc/trove/conf.d/guest_info.conf"])["DEFAULT"]
+
+
+def test_trove_files_optional_files_as_trove_writes_them(prod_expect):
+    _, files = boot.trove_files(
+        prod_expect, controller_address="10.0.0.5", docker_daemon={"bip": "172.18.0.1/24"},
+        eth1={"mac_address": "fa:16:3e:00:00:01", "ipv4_address": "192.168.1.5"})
+    assert files["/etc/trove/controller.conf"] == "CONTROLLER=10.0.0.5"
+    assert json.loads(files["/etc/trove/eth1.json"])["ipv4_address"] == "192.168.1.5"
+    # with a user port plugged, docker gets no bridge (and keeps the bip asked for)
+    assert json.loads(files["/etc/docker/daemon.json"]) == {
+        "bip": "172.18.0.1/24", "bridge": "none", "ip-forward": False, "iptables": False}
 
 
 def test_trove_files_datastore_manager_follows_the_image(tmp_path):
-    exp = expect.from_profile(tmp_path / "x", profiles.load("prod-postgresql"))
+    exp = manifests.contract("prod-postgresql", image=tmp_path / "x")
     _, files = boot.trove_files(exp)
     assert parse(files["/etc/trove/conf.d/guest_info.conf"])["DEFAULT"][
         "datastore_manager"] == "postgresql"
@@ -237,16 +268,17 @@ def test_trove_files_agent_conf_points_at_the_forwarded_broker(prod_expect):
 
 
 def test_trove_files_given_guest_id_and_url(prod_expect):
-    guest_id, files = boot.trove_files(prod_expect, guest_id="g-42",
-                                       transport_url="rabbit://u:p@10.0.2.100:5673/")
-    assert guest_id == "g-42"
+    injection, files = boot.trove_files(prod_expect, guest_id="g-42",
+                                        transport_url="rabbit://u:p@10.0.2.100:5673/")
+    assert injection.guest_id == "g-42"
     assert parse(files["/etc/trove/conf.d/guest_info.conf"])["DEFAULT"]["guest_id"] == "g-42"
     assert parse(files["/etc/trove/conf.d/trove-guestagent.conf"])["DEFAULT"][
         "transport_url"] == "rabbit://u:p@10.0.2.100:5673/"
 
 
 def test_trove_files_new_guest_id_each_time(prod_expect):
-    assert boot.trove_files(prod_expect)[0] != boot.trove_files(prod_expect)[0]
+    first, second = boot.trove_files(prod_expect)[0], boot.trove_files(prod_expect)[0]
+    assert first.guest_id != second.guest_id and first.rpc_key != second.rpc_key
 
 
 # --------------------------------------------------------------------------

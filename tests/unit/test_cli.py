@@ -1,19 +1,24 @@
 """The command line, through click's test runner (no subprocess, no build)."""
+import importlib.metadata
 import json
 from pathlib import Path
+import re
 import shlex
+import subprocess
+import sys
 import textwrap
 
 import click
-from click.testing import CliRunner
 import pytest
 import yaml
 
 from trove_image_builder.build.plan import default_output
 from trove_image_builder import __version__, profile as profiles
-from trove_image_builder.build import stage as build_mod
+from trove_image_builder.build import backends, stage as build_mod
 from trove_image_builder.cli import main
-from trove_image_builder.errors import BuildError, HostError
+from trove_image_builder.errors import BuildError, ExitCode, HostError
+
+from tests.helpers.cli import REPO, assert_error, invoke as run
 
 SHIPPED = sorted(profiles.available())
 
@@ -23,18 +28,6 @@ def cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("TROVE_IMAGE_BUILDER_CACHE", str(path))
     return path
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(main, list(args), env=env)
-
-
-def assert_error(result, message, exit_code=2):
-    """A clean failure: exit code, exactly one 'Error: ...' line, no traceback."""
-    assert result.exit_code == exit_code, (result.output, result.exception)
-    assert result.stderr == f"Error: {message}\n"
-    assert result.stdout == ""
-    assert "Traceback" not in result.output
 
 
 def lines(text):
@@ -277,7 +270,7 @@ def test_build_summary_with_a_user_datastore(fake_build, tmp_path, monkeypatch):
     (BuildError("disk-image-create failed with exit code 1"), 1,
      "disk-image-create failed with exit code 1"),
     (KeyboardInterrupt(), 130, "interrupted; nothing was written to the output path"),
-    (RuntimeError("boom"), 1,
+    (RuntimeError("boom"), 70,
      "internal error: RuntimeError: boom (run with --debug for the traceback)"),
 ])
 def test_build_failures_become_exit_codes(fake_build, exc, code, message):
@@ -341,15 +334,48 @@ def test_unknown_backend_is_a_usage_error():
     assert "Traceback" not in result.output
 
 
-def test_check_with_unknown_backend():
-    assert_error(run("check", "--backend", "nosuch"),
-                 "--backend nosuch: unknown backend; choose one of: dib, virt-customize")
+def test_check_with_unknown_backend_is_a_usage_error():
+    result = run("check", "--backend", "nosuch")
+    assert result.exit_code == 2
+    assert "Invalid value for '--backend': 'nosuch' is not one of 'dib', 'virt-customize'." \
+        in result.stderr
 
 
 def test_unknown_command_is_a_usage_error():
     result = run("frobnicate")
     assert result.exit_code == 2
     assert "No such command" in result.stderr
+
+
+# --------------------------------------------------------------------------
+# exit codes: one table (errors.ExitCode), applied at the root group
+
+def test_the_exit_code_table():
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0, "FAILED": 1, "BAD_INPUT": 2, "HOST": 3, "INTERNAL": 70, "INTERRUPTED": 130}
+
+
+def test_the_readme_names_every_exit_code():
+    text = " ".join((REPO / "README.md").read_text().split())
+    sentence = re.search(r"Exit codes: (.*?)\.( |$)", text).group(1)
+    assert [int(n) for n in re.findall(r"(?:^|, )(\d+) ", sentence)] == sorted(ExitCode)
+
+
+def test_an_unexpected_exception_is_an_internal_error(monkeypatch):
+    def broken():
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(profiles, "describe_settings", broken)
+    assert_error(run("profiles", "settings"),
+                 "internal error: ZeroDivisionError: division by zero "
+                 "(run with --debug for the traceback)", exit_code=70)
+
+
+def test_debug_shows_the_unexpected_exception(monkeypatch):
+    def broken():
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(profiles, "describe_settings", broken)
+    result = run("--debug", "profiles", "settings")
+    assert isinstance(result.exception, ZeroDivisionError)
 
 
 # --------------------------------------------------------------------------
@@ -383,7 +409,81 @@ def test_every_command_has_help(path, command):
     assert command.help.strip().splitlines()[0] in result.stdout
 
 
-def test_version():
-    result = run("--version")
-    assert result.exit_code == 0
-    assert result.stdout == f"trove-image-builder, version {__version__}\n"
+def examples(command) -> list[str]:
+    """The lines of the 'Example:' or 'Examples:' block of command's help."""
+    lines = [ln.strip() for ln in command.help.splitlines()]
+    if not {"Example:", "Examples:"} & set(lines):
+        return []
+    start = next(i for i, ln in enumerate(lines) if ln in ("Example:", "Examples:"))
+    block = lines[start + 1:]
+    return block[:block.index("")] if "" in block else block
+
+
+LEAF_COMMANDS = [(p, c) for p, c in ALL_COMMANDS if not isinstance(c, click.Group)]
+LEAF_IDS = [" ".join(p) for p, _c in LEAF_COMMANDS]
+
+
+@pytest.mark.parametrize("path, command", LEAF_COMMANDS, ids=LEAF_IDS)
+def test_every_command_has_an_example_that_parses(path, command):
+    found = examples(command)
+    assert found, f"'{' '.join(path)}': no 'Example:' block in its docstring"
+    assert "Example" in run(*path, "--help").stdout
+    for line in found:
+        argv = shlex.split(line, comments=True)
+        assert argv[:1 + len(path)] == ["trove-image-builder", *path], line
+        # an unknown option or a missing argument fails before --help is seen
+        result = run(*argv[1:], "--help")
+        assert result.exit_code == 0, (line, result.output)
+
+
+@pytest.mark.parametrize("exc, code, message", [
+    (OSError("disk on fire"), 70,
+     "internal error: OSError: disk on fire (run with --debug for the traceback)"),
+    (KeyboardInterrupt(), 130, "interrupted; nothing was written to the output path"),
+    (HostError("no KVM"), 3, "no KVM"),
+])
+@pytest.mark.parametrize("path, command", LEAF_COMMANDS, ids=LEAF_IDS)
+def test_whatever_a_command_raises_becomes_an_exit_code(path, command, exc, code, message,
+                                                        monkeypatch):
+    def broken(**kwargs):
+        raise exc
+    monkeypatch.setattr(command, "callback", broken)
+    arguments = ["x"] * sum(isinstance(p, click.Argument) for p in command.params)
+    assert_error(run(*path, *arguments), message, exit_code=code)
+
+
+@pytest.mark.parametrize("name", ["build", "verify", "boot"])
+def test_build_verify_and_boot_take_the_same_profile_options(name):
+    by_flag = {flag: p for p in main.commands[name].params for flag in p.opts}
+    assert (by_flag["--set"].name, by_flag["--set"].multiple) == ("sets", True)
+    assert (by_flag["--elements-path"].name, by_flag["--elements-path"].multiple) == \
+        ("extra_paths", True)
+
+
+def test_every_backend_option_offers_the_registered_backends():
+    found = {path: p for path, c in ALL_COMMANDS for p in c.params if p.name == "backend"}
+    assert set(found) == {("check",), ("build",)}
+    for param in found.values():
+        assert isinstance(param.type, click.Choice)
+        assert tuple(param.type.choices) == backends.names()
+
+
+def test_both_entry_points_are_the_same_command():
+    scripts = {ep.name: ep for ep in
+               importlib.metadata.distribution("trove-image-builder").entry_points
+               if ep.group == "console_scripts"}
+    assert sorted(scripts) == ["image-builder", "trove-image-builder"], \
+        "installed metadata differs from setup.cfg: run scripts/install (pip install -e .)"
+    assert all(ep.load() is main for ep in scripts.values())
+
+
+@pytest.mark.parametrize("name", ["trove-image-builder", "image-builder"])
+def test_the_installed_script_names_itself(name):
+    """--version names the command as it was run (in a fresh process: click's
+    version_option keeps the first name it saw in a process)."""
+    script = Path(sys.executable).parent / name
+    assert script.is_file(), f"{script} missing: run scripts/install (pip install -e .)"
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, f"{name}, version {__version__}\n"), \
+        proc.stderr

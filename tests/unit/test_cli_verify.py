@@ -7,28 +7,17 @@ import shlex
 import subprocess
 from types import SimpleNamespace
 
-from click.testing import CliRunner
 import pytest
 
 from trove_image_builder.vm import boot as boot_mod
 from trove_image_builder.build import stage as build_mod
 from trove_image_builder.contract import expectations as expect_mod
-from trove_image_builder import profile as profiles
 from trove_image_builder.verify import runner as verify_mod
-from trove_image_builder.cli import main
 from trove_image_builder.errors import VerifyError
 
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
-
-
-def assert_error(result, message, exit_code=2):
-    """A clean failure: exit code, exactly one 'Error: ...' line, no traceback."""
-    assert result.exit_code == exit_code, (result.output, result.exception)
-    assert result.stderr == f"Error: {message}\n"
-    assert result.stdout == ""
-    assert "Traceback" not in result.output
+from tests.helpers.cli import assert_error, invoke as run
+from tests.helpers import manifests
+from tests.helpers.fake_backend import fake_backend
 
 
 @pytest.fixture
@@ -41,9 +30,7 @@ def image(tmp_path):
 @pytest.fixture
 def manifest(image):
     def _write(name="prod-mariadb"):
-        expect_mod.manifest_path(image).write_text(json.dumps(
-            {"profile": {"name": name, "resolved": profiles.load(name).to_dict()},
-             "dev_ssh_key": None}))
+        manifests.write(image, name)
     return _write
 
 
@@ -233,7 +220,7 @@ def test_boot_prints_the_ssh_command_and_waits(image, manifest, fake_booted):
     assert "the VM runs until Ctrl-C" in result.stderr
     (call,) = fake_booted.calls
     assert (call["image"], call["user"]) == (image, "trove")
-    assert "datastore_manager = mariadb" in call["files"]["/etc/trove/conf.d/guest_info.conf"]
+    assert "datastore_manager=mariadb" in call["files"]["/etc/trove/conf.d/guest_info.conf"]
 
 
 def test_boot_ssh_opens_a_session(image, manifest, fake_booted, monkeypatch):
@@ -247,76 +234,64 @@ def test_boot_ssh_opens_a_session(image, manifest, fake_booted, monkeypatch):
 
 
 # --------------------------------------------------------------------------
-# build --verify (the library's build replaced at the seam)
+# build --verify: stage, verify the staged image, publish (a fake backend
+# registered in the real registry; verify replaced at the seam)
 
 @pytest.fixture
 def fake_build(monkeypatch):
-    calls = []
-
-    def build(profile, output=None, extra_paths=(), backend_name=None, verify_hook=None):
-        calls.append({"profile": profile, "verify_hook": verify_hook})
-        return Path("out/x.qcow2"), {"image": {"sha256": "ab" * 32, "size_bytes": 1},
-                                     "timings": {"total": 1.0}}
-    monkeypatch.setattr(build_mod, "build", build)
-    build.calls = calls
-    return build
+    with fake_backend(monkeypatch) as backend:
+        monkeypatch.setattr(build_mod.backends, "get", lambda name: backend())
+        yield backend
 
 
-def test_build_verify_passes_a_hook(fake_build):
-    result = run("build", "prod-mariadb", "--verify")
+def test_build_verify_checks_the_staged_image_then_publishes(fake_build, fake_verify, tmp_path):
+    out = tmp_path / "x.qcow2"
+    result = run("build", "prod-mariadb", "-o", str(out), "--set", "trove_version=25.0.0",
+                 "--verify")
     assert result.exit_code == 0, result.output
-    (call,) = fake_build.calls
-    assert callable(call["verify_hook"])
-
-
-def test_build_without_verify_passes_no_hook(fake_build):
-    result = run("build", "prod-mariadb")
-    assert result.exit_code == 0, result.output
-    assert fake_build.calls[0]["verify_hook"] is None
-
-
-@pytest.fixture
-def hook(fake_build):
-    """The hook build --verify hands to the library's build."""
-    def _hook(profile="prod-mariadb", *args):
-        result = run("build", profile, "--verify", *args)
-        assert result.exit_code == 0, result.output
-        return fake_build.calls[-1]["verify_hook"]
-    return _hook
-
-
-def test_build_verify_hook_verifies_with_the_built_profile(hook, fake_verify, tmp_path):
-    image = tmp_path / "built.qcow2"
-    manifest = {}
-    hook("prod-mariadb", "--set", "trove_version=25.0.0")(
-        image, manifest, SimpleNamespace(env={}))
     (call,) = fake_verify.calls
-    assert call["image"] == image
+    # verified where it was staged, before it reached the output path
+    assert call["image"].parent.name.startswith(".x.qcow2.")
     assert (call["boot"], call["contract"]) == (False, False)
     assert call["expect"].profile == "prod-mariadb"
     assert call["expect"].agent_version == "25.0.0"
     assert call["expect"].dev_public_key is None
+    manifest = json.loads((tmp_path / "x.qcow2.manifest.json").read_text())
     assert manifest["verified"] == {"offline": True, "checks_passed": 1,
                                     "seconds": {"offline": 1.5}}
+    assert out.is_file()
 
 
-def test_build_verify_hook_expects_the_builds_dev_key(hook, fake_verify, tmp_path):
-    hook("dev-mariadb", "--set", f"trove_source={tmp_path}")(
-        tmp_path / "x", {}, SimpleNamespace(env={"TROVE_DEV_SSH_PUBKEY": "ssh-ed25519 AAAA k"}))
-    assert fake_verify.calls[0]["expect"].dev_public_key == "ssh-ed25519 AAAA k"
-    assert fake_verify.calls[0]["expect"].production is False
+def test_build_without_verify_verifies_nothing(fake_build, fake_verify, tmp_path):
+    result = run("build", "prod-mariadb", "-o", str(tmp_path / "x.qcow2"))
+    assert result.exit_code == 0, result.output
+    assert fake_verify.calls == []
+    assert "verified" not in json.loads((tmp_path / "x.qcow2.manifest.json").read_text())
 
 
-def test_build_verify_hook_fails_the_build(hook, fake_verify, tmp_path):
+def test_build_verify_expects_the_builds_dev_key(fake_build, fake_verify, tmp_path):
+    source = tmp_path / "trove"
+    source.mkdir()
+    (source / "setup.cfg").write_text("[metadata]\nname = trove\n")
+    result = run("build", "dev-mariadb", "-o", str(tmp_path / "d.qcow2"),
+                 "--set", f"guest_agent.path={source}", "--verify")
+    assert result.exit_code == 0, result.output
+    expect = fake_verify.calls[0]["expect"]
+    assert expect.dev_public_key == (tmp_path / "d.id_ed25519.pub").read_text().strip()
+    assert expect.production is False
+
+
+def test_build_verify_failure_publishes_nothing(fake_build, fake_verify, tmp_path):
     fake_verify.outcomes = [verify_mod.Outcome("offline::test_no_passwords", False, False, "x"),
                             verify_mod.Outcome("offline::test_os_release", True)]
-    manifest = {}
-    with pytest.raises(VerifyError) as err:
-        hook()(tmp_path / "x", manifest, SimpleNamespace(env={}))
-    assert err.value.message == ("the built image failed verification "
-                                 "(offline::test_no_passwords); "
-                                 "nothing was written to the output path")
-    assert "verified" not in manifest
+    result = run("build", "prod-mariadb", "-o", str(tmp_path / "x.qcow2"), "--verify")
+    # progress lines on stderr, then the one error line
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "Error: the built image failed verification (offline::test_no_passwords); "
+        "nothing was written to the output path")
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.qcow2.log"]
 
 
 def test_boot_delivers_certificates_and_keeps_a_volume(image, manifest, fake_booted, tmp_path):

@@ -8,7 +8,7 @@ from trove_image_builder import profile as profiles
 from trove_image_builder.build.backends.dib import DibBackend
 from trove_image_builder.errors import InputError
 from trove_image_builder.build.plan import (DEV_KEY_PLACEHOLDER, check_inputs, default_output,
-                                      dev_key_path, make_plan)
+                                            dev_key_path, make_plan)
 
 BASE_ELEMENTS = ("debian-minimal", "vm", "block-device-mbr", "trove-guest")
 CONTAINER = BASE_ELEMENTS + ("container-engine",)

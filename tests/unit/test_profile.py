@@ -635,8 +635,10 @@ def test_shipped_profile_loads_and_validates(name, known):
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith("dev-")])
-def test_dev_profiles_take_the_trove_checkout_from_set(name, known):
-    assert profiles.load(name, known_elements=known).guest_agent.path == "../trove"
+def test_dev_profiles_take_the_trove_checkout_from_set(name, known, shipped_profiles_dir):
+    # by default the 'trove' folder beside this project (../../trove from profiles/)
+    beside = str((shipped_profiles_dir.parent.parent / "trove").resolve())
+    assert profiles.load(name, known_elements=known).guest_agent.path == beside
     p = profiles.load(name, ["trove_source=/src/trove"], known_elements=known)
     assert p.variant == "development"
     assert p.guest_agent.path == "/src/trove"
@@ -758,3 +760,218 @@ def test_user_hook_is_relative_to_the_profile_that_names_it(write, tmp_path, kno
     assert p.certificates.user_hook == str((tmp_path / "site/hooks/fetch.sh").resolve())
     p = profiles.load(str(leaf), ["certificates.user_hook=mine.sh"], known_elements=known)
     assert p.user_hook_path() == (tmp_path / "mine.sh").resolve()
+
+
+# --------------------------------------------------------------------------
+# Every default resolved at load: what is shown, hashed and recorded is built
+
+def test_release_is_resolved_at_load(write):
+    p = profiles.load(str(write("a.yaml", MINIMAL)))
+    assert p.os.release == "bookworm"
+    assert p.to_dict()["os"]["release"] == "bookworm"
+    ubuntu = profiles.load(str(write("u.yaml", MINIMAL + "os:\n  distro: ubuntu\n")))
+    assert ubuntu.os.release == ubuntu.release == "jammy"
+
+
+@pytest.mark.parametrize("name, enabled", [("prod-mariadb", True), ("dev-mariadb", False),
+                                           ("mariadb-package", False)])
+def test_certificates_enabled_is_resolved_at_load(name, enabled, known):
+    p = profiles.load(name, known_elements=known)
+    assert p.certificates.enabled is enabled
+    assert p.to_dict()["certificates"]["enabled"] is enabled
+
+
+def test_dependent_defaults_follow_what_they_depend_on(known):
+    dev = profiles.load("prod-mariadb", ["variant=development"], known_elements=known)
+    assert dev.certificates.enabled is False
+    agentless = profiles.load("prod-mariadb", ["guest_agent.install=none"], known_elements=known)
+    assert agentless.certificates.enabled is False
+    assert profiles.load("base-debian", ["os.distro=ubuntu", "os.release=null"],
+                         known_elements=known).os.release == "jammy"
+
+
+def test_digest_is_the_same_when_a_default_is_given():
+    base = profiles.load("prod-mariadb").digest()
+    assert profiles.load("prod-mariadb", ["os.release=bookworm"]).digest() == base
+    assert profiles.load("prod-mariadb", ["certificates.enabled=true"]).digest() == base
+    assert profiles.load("prod-mariadb", ["variant=development"]).digest() != base
+
+
+def test_null_means_the_default(write):
+    p = profiles.load(str(write("a.yaml", MINIMAL + "guest_user: null\nimage:\n"
+                                "  size: null\nos: null\n")))
+    assert (p.guest_user, p.image.size, p.os.distro, p.os.release) == (
+        "trove", "4G", "debian", "bookworm")
+
+
+def test_from_dict_resolves_an_old_manifests_defaults(tmp_path):
+    # written before the defaults were resolved at load
+    old = profiles.load("prod-mariadb").to_dict()
+    old["os"]["release"] = None
+    old["certificates"]["enabled"] = None
+    p = profiles.from_dict(old, source=str(tmp_path / "x.manifest.json"))
+    assert p.os.release == "bookworm" and p.certificates.enabled is True
+    assert p == profiles.load("prod-mariadb")
+    assert p.digest() == profiles.load("prod-mariadb").digest()
+
+
+def test_from_dict_takes_a_relative_path_beside_the_manifest(tmp_path):
+    old = profiles.load("prod-mariadb").to_dict()
+    old["certificates"]["user_hook"] = "fetch.sh"
+    p = profiles.from_dict(old, source=str(tmp_path / "x.manifest.json"))
+    assert p.certificates.user_hook == str((tmp_path / "fetch.sh").resolve())
+    assert p.user_hook_path() == (tmp_path / "fetch.sh").resolve()
+
+
+def test_only_debian_and_ubuntu(write):
+    assert sorted(profiles.DISTROS) == ["debian", "ubuntu"]
+    path = write("a.yaml", MINIMAL + "os:\n  distro: centos\n")
+    assert error_of(path) == (
+        "a.yaml: os.distro: 'centos' is not allowed; choose one of: debian, ubuntu")
+
+
+def test_settings_describe_dependent_defaults():
+    rows = {name: allowed for name, allowed, _help in profiles.describe_settings()}
+    assert rows["os.release"] == "per os.distro"
+    assert rows["certificates.enabled"] == "true | false, per variant, guest_agent.install"
+    assert rows["os.distro"] == "debian | ubuntu"
+    assert rows["name"] == "required"
+    assert rows["backend"] == " | ".join(profiles.BACKENDS)
+
+
+# --------------------------------------------------------------------------
+# Relative paths: from the file that names them, or the current folder for --set
+
+IMAGE = "datastore:\n  images:\n    - {{ref: 'mariadb:10.11', archive: {archive}}}\n"
+
+
+def test_image_archives_are_relative_to_the_profile_that_names_each(write, tmp_path, known):
+    write("site/base.yaml", "extends: prod-mariadb\nname: base\n"
+          + IMAGE.format(archive="images/one.tar"))
+    leaf = write("team/leaf.yaml", "extends: ../site/base.yaml\nname: leaf\n"
+                 + IMAGE.format(archive="two.tar"))
+    p = profiles.load(str(leaf), known_elements=known)
+    assert [i.archive for i in p.datastore.images] == [
+        str((tmp_path / "site/images/one.tar").resolve()),
+        str((tmp_path / "team/two.tar").resolve())]
+    p = profiles.load(str(leaf), ["datastore.images=[{ref: 'm:1', archive: here.tar}]"],
+                      known_elements=known)
+    assert [i.archive for i in p.datastore.images] == [str((tmp_path / "here.tar").resolve())]
+
+
+def test_guest_agent_path_is_relative_to_the_profile(write, tmp_path, monkeypatch, known):
+    path = write("site/dev.yaml", "extends: dev-mariadb\nname: dev\n"
+                 "guest_agent:\n  path: ../src/trove\n")
+    p = profiles.load(str(path), known_elements=known)
+    assert p.guest_agent.path == str((tmp_path / "src/trove").resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert profiles.load(str(path), known_elements=known).guest_agent.path == p.guest_agent.path
+    p = profiles.load(str(path), ["guest_agent.path=mine"], known_elements=known)
+    assert p.guest_agent.path == str((tmp_path / "elsewhere/mine").resolve())
+
+
+def test_home_is_expanded_in_paths(write, tmp_path, monkeypatch, known):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write("a.yaml", "extends: prod-mariadb\nname: a\n"
+                 "certificates:\n  user_hook: ~/hooks/fetch.sh\n")
+    p = profiles.load(str(path), known_elements=known)
+    assert p.certificates.user_hook == str((tmp_path / "home/hooks/fetch.sh").resolve())
+
+
+def test_trove_source_from_set_is_relative_to_the_current_folder(write, tmp_path, known):
+    write("x.yaml", "")       # the working directory is tmp_path
+    p = profiles.load("dev-mariadb", ["trove_source=src/trove"], known_elements=known)
+    assert p.guest_agent.path == str((tmp_path / "src/trove").resolve())
+
+
+def test_abspath_takes_a_variable_where_it_is_declared(write, tmp_path):
+    write("site/base.yaml", "name: base\nvariant: development\n"
+          "variables:\n  src: ../trove\n"
+          "guest_agent:\n  install: source\n  path: '{{ src | abspath }}'\n")
+    leaf = write("team/deep/leaf.yaml", "extends: ../../site/base.yaml\nname: leaf\n")
+    assert profiles.load(str(leaf)).guest_agent.path == str((tmp_path / "trove").resolve())
+    child = write("team/child.yaml", "extends: ../site/base.yaml\nname: child\n"
+                  "variables:\n  src: checkout\n")
+    assert profiles.load(str(child)).guest_agent.path == str(
+        (tmp_path / "team/checkout").resolve())
+
+
+def test_abspath_of_a_literal_is_relative_to_the_file(write, tmp_path):
+    path = write("site/a.yaml", "name: a\nvariant: development\nguest_agent:\n"
+                 "  install: source\n  path: \"{{ nothing | default('t') | abspath }}\"\n")
+    assert profiles.load(str(path)).guest_agent.path == str((tmp_path / "site/t").resolve())
+
+
+def test_resolved_paths_load_back_the_same(write, tmp_path, known):
+    path = write("site/a.yaml", "extends: prod-mariadb\nname: a\n"
+                 "certificates:\n  user_hook: fetch.sh\n" + IMAGE.format(archive="one.tar"))
+    import yaml
+    original = profiles.load(str(path), known_elements=known)
+    again = profiles.load(str(write("elsewhere/b.yaml", yaml.safe_dump(original.to_dict()))),
+                          known_elements=known)
+    assert again == original and again.digest() == original.digest()
+
+
+# --------------------------------------------------------------------------
+# The setting machinery and the layering
+
+def test_a_dependent_default_may_depend_on_a_later_setting():
+    from dataclasses import dataclass
+    from trove_image_builder.profile import settings
+
+    @dataclass(frozen=True, kw_only=True)
+    class Inner:
+        c: str = settings.setting("c", default="x")
+
+    @dataclass(frozen=True, kw_only=True)
+    class Outer:
+        b: str = settings.setting("b", default_factory=lambda s: s["inner.c"] * 2,
+                                  default_factory_depends=("inner.c",))
+        inner: Inner = settings.section(Inner)
+
+    def build(data):
+        return settings.build(Outer, data, leaf="t.yaml", base_of=lambda _o: None)
+    assert build({}).b == "xx"
+    assert build({"inner": {"c": "y"}}).b == "yy"
+    assert build({"b": "z"}).b == "z"
+
+
+def test_the_profile_package_does_not_import_the_other_layers():
+    import ast
+    from pathlib import Path
+    forbidden = ("build", "verify", "vm", "contract", "cli")
+    root = Path(profiles.__file__)
+    package = root.name == "__init__.py"
+    sources = sorted(root.parent.glob("*.py")) if package else [root]
+    base = (profiles.__name__ if package else profiles.__name__.rpartition(".")[0]).split(".")
+    for source in sources:
+        tree = ast.parse(source.read_text())
+        top = set(tree.body)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                module = ".".join(base[:len(base) + 1 - node.level]
+                                  + (node.module.split(".") if node.module else []))
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module
+            elif isinstance(node, ast.Import):
+                module = node.names[0].name
+            else:
+                continue
+            parts = module.split(".")
+            if parts[0] != "trove_image_builder" or len(parts) < 2 or parts[1] not in forbidden:
+                continue
+            # only the backend names, and only when asked for
+            assert module == "trove_image_builder.build.backends" and node not in top, \
+                f"{source.name}:{node.lineno} imports {module}"
+
+
+def test_loading_a_profile_imports_no_build_module():
+    import subprocess
+    import sys
+    code = ("import sys; from trove_image_builder import profile; profile.load('prod-mariadb'); "
+            "print(' '.join(m for m in sys.modules if m.startswith(('trove_image_builder.build', "
+            "'trove_image_builder.verify', 'trove_image_builder.vm', "
+            "'trove_image_builder.contract', 'trove_image_builder.cli'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

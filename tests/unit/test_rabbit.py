@@ -2,88 +2,19 @@
 transport (an RPC server in a thread of this process plays the guest agent),
 LocalRabbit's checks before it starts anything, and the TLS settings of both
 (a TLS server in a thread stands in for the broker). No RabbitMQ is started."""
-import contextlib
-import importlib.util
 import socket
 import ssl
 import threading
-import uuid
-import warnings
 
 import pytest
 
 oslo_messaging = pytest.importorskip("oslo_messaging")
-from oslo_config import cfg  # noqa: E402
 
 from tests import pki  # noqa: E402
+from tests.helpers.agent import serving_agent  # noqa: E402
 from trove_image_builder.plumbing import host  # noqa: E402
 from trove_image_builder.vm import rabbit  # noqa: E402
 from trove_image_builder.errors import HostError, VerifyError  # noqa: E402
-
-# oslo.messaging registers these groups on the global cfg.CONF only, yet
-# RPCClient.call and the RPC server read them from the ConfigOpts they are
-# given: the agent's server here has a ConfigOpts of its own, with them.
-GLOBAL_ONLY_GROUPS = [(module, group) for module, group in (
-    ("oslo_messaging._metrics.client", "oslo_messaging_metrics"),
-    ("oslo_messaging._tracing.client", "oslo_messaging_tracing"))
-    if importlib.util.find_spec(module) is not None]
-
-
-def register_global_only_opts(conf):
-    for module, group in GLOBAL_ONLY_GROUPS:
-        mod = importlib.import_module(module)
-        conf.register_opts(getattr(mod, group), group=group)
-
-
-class AgentConf(cfg.ConfigOpts):
-    """A ConfigOpts with the options oslo.messaging registers only globally."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        register_global_only_opts(self)
-
-
-class Agent:
-    """The guest agent's side: what Trove's controller calls."""
-
-    target = oslo_messaging.Target(version="1.0")
-
-    def __init__(self):
-        self.calls = []
-
-    def rpc_ping(self, ctxt):
-        self.calls.append(("rpc_ping", ctxt))
-        return True
-
-    def get_hwinfo(self, ctxt, **kwargs):
-        self.calls.append(("get_hwinfo", kwargs))
-        return {"mem_total": 2048, **kwargs}
-
-
-@contextlib.contextmanager
-def serving_agent(url: str, config_files=()):
-    """An RPC server for a new guest id, as Trove's agent listens: exchange
-    'trove', topic 'guestagent.<id>', server '<id>'. Yields its endpoint."""
-    conf = AgentConf()
-    conf([], project="trove-image-builder-tests", default_config_files=list(config_files))
-    transport = oslo_messaging.get_rpc_transport(conf, url=url)
-    guest_id = str(uuid.uuid4())
-    target = oslo_messaging.Target(exchange="trove", topic=f"guestagent.{guest_id}",
-                                   server=guest_id)
-    endpoint = Agent()
-    endpoint.guest_id = guest_id
-    with warnings.catch_warnings():
-        # newer oslo.messaging: threading is the default, naming it is deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        server = oslo_messaging.get_rpc_server(transport, target, [endpoint],
-                                               executor="threading")
-    server.start()
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        server.wait()
-        transport.cleanup()
 
 
 @pytest.fixture
@@ -124,7 +55,7 @@ def test_rpc_call_again_and_again(agent):
 
 
 def test_wait_for_rpc_gives_up_with_the_last_failure(monkeypatch):
-    def no_answer(url, guest_id, timeout, tls):
+    def no_answer(url, guest_id, timeout, tls, rpc_key=None):
         raise oslo_messaging.MessagingTimeout("No reply")
     monkeypatch.setattr(rabbit, "rpc_call", no_answer)
     with pytest.raises(VerifyError) as err:
@@ -138,7 +69,7 @@ def test_wait_for_rpc_retries_after_an_error(monkeypatch):
     answers = [ConnectionRefusedError("refused"), True]
     sleeps = []
 
-    def call(url, guest_id, timeout, tls):
+    def call(url, guest_id, timeout, tls, rpc_key=None):
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -345,7 +276,7 @@ def test_rpc_call_stops_at_a_tls_refusal(certs, monkeypatch):
 def test_wait_for_rpc_passes_tls_and_stops_at_a_refusal(certs, monkeypatch):
     calls, sleeps = [], []
 
-    def call(url, guest_id, timeout, tls):
+    def call(url, guest_id, timeout, tls, rpc_key=None):
         calls.append(tls)
         raise VerifyError("the broker refused the TLS connection")
     monkeypatch.setattr(rabbit, "rpc_call", call)

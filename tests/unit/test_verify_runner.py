@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from tests.helpers import manifests
 from trove_image_builder.contract import expectations as expect
 from trove_image_builder.plumbing import imagefs
 from trove_image_builder import profile as profiles
@@ -66,7 +67,7 @@ EXPECTED = [
 
 @pytest.fixture(scope="module")
 def prod_expect():
-    return expect.from_profile(Path("/images/x.qcow2"), profiles.load("prod-mariadb"))
+    return manifests.contract("prod-mariadb")
 
 
 @pytest.fixture
@@ -166,7 +167,7 @@ def test_plugin_booted_fixture_is_none_offline(checks_file, prod_expect):
 
 
 def test_plugin_development_image_runs_the_dev_check(checks_file, tmp_path):
-    dev = expect.from_profile(tmp_path / "x", profiles.load("dev-mariadb"))
+    dev = manifests.contract("dev-mariadb", image=tmp_path / "x")
     report = verify.Report("/images/x.qcow2")
     run_plugin(checks_file(), dev, report)
     assert ("offline::test_skips", True, False, "") in summary(report)

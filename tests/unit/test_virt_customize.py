@@ -1,12 +1,13 @@
 """The virt-customize backend, fast: libguestfs replaced at the seam by an
 in-memory FakeGuestFS (in the spirit of nova's fakeguestfs), the shipped
-elements read for real, extra-data.d run on the host as a build does."""
+elements read for real, diskimage-builder's element-deps expansion and
+package-installs-squash run for real, extra-data.d run on the host as a
+build does."""
 import dataclasses
 import os
 from pathlib import Path
 import posixpath
 import re
-import shlex
 import subprocess
 import sys
 import tarfile
@@ -17,13 +18,16 @@ from click.testing import CliRunner
 import pytest
 
 from trove_image_builder.build import stage as build_mod
-from trove_image_builder import elements, profile as profiles
+from trove_image_builder import elements, profile as profiles, shipped_dir
 from trove_image_builder.plumbing import host
-from trove_image_builder.build.backends import virt_customize as vc
+from trove_image_builder.build.backends import (
+    virt_customize as vc, virt_customize_guest as guest, virt_customize_plan as vcp)
 from trove_image_builder.build.backends.dib import DibBackend
-from trove_image_builder.build.backends.virt_customize import (
-    IN_TARGET, PhaseRefused, VirtCustomizeBackend, base_plan, element_env, package_actions,
-    phase_scripts, refuse_unrunnable, resolve)
+from trove_image_builder.build.backends.virt_customize import VirtCustomizeBackend
+from trove_image_builder.build.backends.virt_customize_guest import IN_TARGET
+from trove_image_builder.build.backends.virt_customize_plan import (
+    PhaseRefused, base_plan, element_env, package_actions, package_steps, phase_scripts,
+    refuse_unrunnable, resolve)
 from trove_image_builder.cli import main
 from trove_image_builder.errors import BuildError, HostError, InputError
 
@@ -260,7 +264,7 @@ def own_of(known, plan_of):
     """own_of(name, sets) -> (plan, own elements, their environment)."""
     def _own(name="prod-mariadb", sets=()):
         plan = plan_of(name, sets)
-        own, _dib = resolve(plan.elements, known)
+        own, _dib = resolve(plan.elements, plan.elements_path, known)
         return plan, own, element_env(own, plan.env)
     return _own
 
@@ -269,15 +273,21 @@ def names(found):
     return [e.name for e in found]
 
 
+def user_path(user_elements):
+    """The elements path of a plan with --elements-path (the user folder)."""
+    return (shipped_dir("elements"), user_elements.root)
+
+
 SCRIPT = "#!/bin/bash\nset -eu\necho {}\n"
 
 
 # --------------------------------------------------------------------------
-# resolve(): own elements (with their deps) and DIB's elements for the base
+# resolve(): diskimage-builder's element-deps expansion; own elements (deps
+# first) to apply, the DIB elements they name for the base
 
 def test_resolve_prod_mariadb(plan_of, known):
     plan = plan_of("prod-mariadb")
-    own, dib = resolve(plan.elements, known)
+    own, dib = resolve(plan.elements, plan.elements_path, known)
     assert names(own) == ["trove-guest", "container-engine", "mariadb", "guest-agent",
                           "trove-certs"]
     assert {e.origin for e in own} == {"shipped"}
@@ -289,40 +299,108 @@ def test_resolve_prod_mariadb(plan_of, known):
     assert not set(names(dib)) & set(SHIPPED)
 
 
+def test_resolve_is_diskimage_builders_expansion(plan_of, known, monkeypatch):
+    # the closure comes from DIB, on the ELEMENTS_PATH disk-image-create sees
+    plan = plan_of("prod-mariadb")
+    seen = {}
+    real_find, real_expand = (vcp.dib_deps._find_all_elements,
+                              vcp.dib_deps._expand_element_dependencies)
+
+    def find(path):
+        seen["path"] = path
+        return real_find(path)
+
+    def expand(user_elements, all_elements):
+        seen["asked"] = list(user_elements)
+        seen["closure"] = {e.name for e in real_expand(user_elements, all_elements)}
+        return real_expand(user_elements, all_elements)
+    monkeypatch.setattr(vcp.dib_deps, "_find_all_elements", find)
+    monkeypatch.setattr(vcp.dib_deps, "_expand_element_dependencies", expand)
+    own, dib = resolve(plan.elements, plan.elements_path, known)
+    assert seen["path"].split(":") == [*plan.elements_path, str(elements.dib_elements_dir())]
+    assert seen["asked"] == list(plan.elements)
+    # DIB's closure goes on through DIB's own elements; the base gets those
+    # the plan and the own elements name, and DIB expands the rest
+    assert {"debootstrap", "dpkg", "install-bin", "pkg-map"} <= seen["closure"]
+    assert set(names(own)) | set(names(dib)) < seen["closure"]
+
+
 def test_resolve_puts_dependencies_first(known, user_elements):
     user_elements("tib-parent", {"element-deps": "trove-guest\n"})
-    child = user_elements("tib-child", {"element-deps": "# comment\n\ntib-parent\nsysprep\n"})
-    found = elements.discover([child.path.parent])
-    own, dib = resolve(("debian-minimal", "tib-child"), found)
+    user_elements("tib-child", {"element-deps": "tib-parent\nsysprep\n"})
+    found = elements.discover([user_elements.root])
+    own, dib = resolve(("debian-minimal", "tib-child"), user_path(user_elements), found)
     assert names(own) == ["trove-guest", "tib-parent", "tib-child"]
-    assert names(dib) == ["debian-minimal", "openssh-server", "package-installs", "sysprep"]
+    assert [e.origin for e in own] == ["shipped", "user", "user"]
+    # an element's dependencies in name order: sysprep before tib-parent
+    assert names(dib) == ["debian-minimal", "sysprep", "openssh-server", "package-installs"]
 
 
 def test_resolve_survives_a_dependency_cycle(user_elements):
     user_elements("tib-a", {"element-deps": "tib-b\n"})
-    b = user_elements("tib-b", {"element-deps": "tib-a\n"})
-    own, dib = resolve(("tib-a",), elements.discover([b.path.parent]))
+    user_elements("tib-b", {"element-deps": "tib-a\n"})
+    own, dib = resolve(("debian-minimal", "tib-a"), user_path(user_elements),
+                       elements.discover([user_elements.root]))
     assert names(own) == ["tib-b", "tib-a"]
-    assert dib == []
+    assert names(dib) == ["debian-minimal"]
 
 
-def test_resolve_unknown_element(known):
+def test_resolve_honours_element_provides(user_elements):
+    user_elements("tib-impl", {"element-provides": "tib-virtual\n"})
+    user_elements("tib-user", {"element-deps": "tib-virtual\n"})
+    found = elements.discover([user_elements.root])
+    own, _dib = resolve(("debian-minimal", "tib-impl", "tib-user"), user_path(user_elements),
+                        found)
+    assert names(own) == ["tib-impl", "tib-user"]
+    with pytest.raises(InputError, match="Element 'tib-virtual' not found"):
+        resolve(("debian-minimal", "tib-user"), user_path(user_elements), found)
+
+
+def test_resolve_two_providers(user_elements):
+    user_elements("tib-one", {"element-provides": "tib-virtual\n"})
+    user_elements("tib-two", {"element-provides": "tib-virtual\n"})
     with pytest.raises(InputError) as err:
-        resolve(("debian-minimal", "nosuch"), known)
-    assert err.value.message == "element 'nosuch' not found (element-deps of the plan)"
+        resolve(("debian-minimal", "tib-one", "tib-two"), user_path(user_elements),
+                elements.discover([user_elements.root]))
+    assert err.value.message.startswith("element-deps of the plan: tib-virtual: already "
+                                        "provided by ")
+
+
+def test_resolve_needs_an_operating_system(user_elements):
+    user_elements("tib-alone", {"element-deps": "trove-guest\n"})
+    with pytest.raises(InputError) as err:
+        resolve(("tib-alone",), user_path(user_elements),
+                elements.discover([user_elements.root]))
+    assert err.value.message == (
+        "element-deps of the plan: Please include an operating system element")
+
+
+def test_resolve_unknown_element(known, plan_of):
+    with pytest.raises(InputError) as err:
+        resolve(("debian-minimal", "nosuch"), plan_of().elements_path, known)
+    assert err.value.message == "element-deps of the plan: Element 'nosuch' not found"
     assert err.value.exit_code == 2
 
 
 def test_resolve_unknown_element_dependency(user_elements):
-    needy = user_elements("tib-needy", {"element-deps": "trove-guest\nghost\n"})
-    with pytest.raises(InputError, match="element 'ghost' not found"):
-        resolve(("tib-needy",), elements.discover([needy.path.parent]))
+    user_elements("tib-needy", {"element-deps": "trove-guest\nghost\n"})
+    with pytest.raises(InputError, match="Element 'ghost' not found"):
+        resolve(("debian-minimal", "tib-needy"), user_path(user_elements),
+                elements.discover([user_elements.root]))
+
+
+def test_resolve_comments_in_element_deps_fail_as_in_dib(user_elements):
+    # DIB reads every line of element-deps as an element name
+    user_elements("tib-commented", {"element-deps": "# needs the guest\ntrove-guest\n"})
+    with pytest.raises(InputError, match="Element '# needs the guest' not found"):
+        resolve(("debian-minimal", "tib-commented"), user_path(user_elements),
+                elements.discover([user_elements.root]))
 
 
 # --------------------------------------------------------------------------
 # refuse_unrunnable(): phases that need DIB's build root
 
-@pytest.mark.parametrize("phase", vc.REFUSED_PHASES)
+@pytest.mark.parametrize("phase", vcp.REFUSED_PHASES)
 def test_refused_phase_names_the_element_and_the_phase(user_elements, phase):
     element = user_elements("tib-needs-dib", {f"{phase}/10-do": SCRIPT.format(phase)})
     with pytest.raises(PhaseRefused) as err:
@@ -396,18 +474,39 @@ def test_cli_dry_run_refuses_a_phase_it_cannot_run(user_elements, cli_profile, p
 
 def test_cli_dry_run_lists_elements_and_phase_scripts(user_elements, cli_profile):
     user_elements("tib-extra", {"element-deps": "trove-guest\n",
-                                "install.d/55-extra": SCRIPT.format("x")})
+                                "install.d/55-extra": SCRIPT.format("x"),
+                                "package-installs.yaml": "extra-dev:\n  build-only: true\n"})
     prof = cli_profile(["tib-extra"])
     result = dry_run(str(prof), "--elements-path", str(user_elements.root))
     assert result.exit_code == 0, (result.output, result.exception)
-    argv = shlex.split(result.stdout.splitlines()[-1])
-    at = {word: n for n, word in enumerate(argv) if word.startswith("#")}
-    assert argv[at["# elements:"] + 1:at["# pre-install.d:"]] == ["trove-guest", "tib-extra"]
-    assert argv[at["# install.d:"] + 1:at["# post-install.d:"]] == [
-        "50-trove-guest-user", "55-extra"]
-    assert argv[at["# finalise.d:"] + 1:] == ["90-trove-guest-generalise"]
-    assert argv[1].startswith(str(Path(os.environ["TROVE_IMAGE_BUILDER_CACHE"]) / "base"))
-    assert "export TROVE_GUEST_USER=trove" in result.stdout.splitlines()
+    out = result.stdout.splitlines()
+    env = [ln for ln in out if ln.startswith("environment: ")]
+    assert "environment: TROVE_GUEST_USER=trove" in env
+    assert "environment: DIB_CLOUD_INIT_DATASOURCES='ConfigDrive, OpenStack'" in env
+    said = dict(ln.split(": ", 1) for ln in out if ln not in env)
+    install, remove = package_steps()["install.d"]
+    assert list(said) == [
+        "base image (built once with DIB, cached)", "base image elements", "elements",
+        "extra-data.d (on the host)", "pre-install.d (in the guest)",
+        "install.d (in the guest)", f"install.d installs (at {install})",
+        f"install.d removes (at {remove})", "post-install.d (in the guest)",
+        "finalise.d (in the guest)", "then"]
+    cache = Path(os.environ["TROVE_IMAGE_BUILDER_CACHE"])
+    base = Path(said["base image (built once with DIB, cached)"])
+    assert base.parent == cache / "base" and re.fullmatch(r"[0-9a-f]{16}\.qcow2", base.name)
+    assert said["base image elements"].split()[:3] == ["debian-minimal", "vm",
+                                                       "block-device-mbr"]
+    assert said["elements"] == "trove-guest tib-extra"
+    assert said["extra-data.d (on the host)"] == "-"
+    assert said["pre-install.d (in the guest)"] == "-"
+    assert said["install.d (in the guest)"] == "50-trove-guest-user 55-extra"
+    assert {"cloud-init", "sudo", "extra-dev"} <= set(
+        said[f"install.d installs (at {install})"].split())
+    assert said[f"install.d removes (at {remove})"] == "extra-dev"
+    assert said["finalise.d (in the guest)"] == "90-trove-guest-generalise"
+    assert said["then"] == "generalise, flatten into qcow2 (compression zstd)"
+    # a dry run builds nothing and makes no folders
+    assert not cache.exists()
 
 
 # --------------------------------------------------------------------------
@@ -441,7 +540,7 @@ def test_phase_scripts_of_the_shipped_elements(own_of):
 
 
 # --------------------------------------------------------------------------
-# package_actions(): package-installs.yaml without DIB
+# package_actions(): package-installs.yaml as diskimage-builder squashes it
 
 @pytest.mark.parametrize("install, expected", [
     ("release", {"install.d": {"install": ["python3-venv"], "uninstall": []}}),
@@ -477,22 +576,59 @@ PACKAGES = """
       when: TROVE_FLAVOUR != a
     tight-a:
       when: TROVE_FLAVOUR=a
+    both-a-and-x:
+      when:
+        - TROVE_FLAVOUR = a
+        - TROVE_EXTRA = x
+    arm-only:
+      arch: arm64
+    not-on-arm:
+      not-arch: arm64,ppc64le
     """
 
 
 @pytest.mark.parametrize("flavour, conditional", [
-    ("a", ["only-a", "tight-a"]),
+    ("a", ["only-a", "tight-a", "both-a-and-x"]),
     ("b", ["not-a"]),
 ])
 def test_package_actions(user_elements, flavour, conditional):
     element = user_elements("tib-pkgs", {"package-installs.yaml": PACKAGES})
-    assert package_actions([element], {"TROVE_FLAVOUR": flavour}) == {
-        "install.d": {"install": ["always", "helper-dev"] + conditional,
-                      "uninstall": ["gone"]},
+    assert package_actions([element], {"TROVE_FLAVOUR": flavour, "TROVE_EXTRA": "x"}) == {
+        # a build-only package goes in at the start of its phase, out at its end
+        "install.d": {"install": ["always", "helper-dev"] + conditional + ["not-on-arm"],
+                      "uninstall": ["gone", "helper-dev"]},
         "pre-install.d": {"install": ["early"], "uninstall": []},
-        "post-install.d": {"install": ["late-dev"], "uninstall": []},
-        "cleanup": {"install": [], "uninstall": ["helper-dev", "late-dev"]},
+        "post-install.d": {"install": ["late-dev"], "uninstall": ["late-dev"]},
     }
+
+
+def test_package_actions_arch(user_elements):
+    element = user_elements("tib-pkgs", {"package-installs.yaml": PACKAGES})
+    actions = package_actions([element], {"TROVE_FLAVOUR": "b", "TROVE_EXTRA": "y"},
+                              arch="arm64")
+    assert actions["install.d"]["install"] == ["always", "helper-dev", "not-a", "arm-only"]
+
+
+def test_package_actions_see_the_elements_environment_not_the_hosts(user_elements,
+                                                                    monkeypatch):
+    element = user_elements("tib-pkgs", {"package-installs.yaml": PACKAGES})
+    monkeypatch.setenv("TROVE_FLAVOUR", "a")
+    env = {"TROVE_FLAVOUR": "b", "TROVE_EXTRA": "x"}
+    assert "only-a" not in package_actions([element], env)["install.d"]["install"]
+    monkeypatch.setenv("TROVE_EXTRA", "x")
+    with pytest.raises(InputError, match="The variable <TROVE_EXTRA> is not set"):
+        package_actions([element], {"TROVE_FLAVOUR": "a"})
+
+
+def test_an_install_elsewhere_keeps_a_package_dib_would_keep(user_elements):
+    # DIB's rule: a package another element installs for good is not removed
+    keeper = user_elements("tib-keeper", {"package-installs.yaml": "shared:\n"})
+    remover = user_elements("tib-remover", {"package-installs.yaml":
+                                            "shared:\n  uninstall: true\n"})
+    assert package_actions([keeper, remover], {}) == {
+        "install.d": {"install": ["shared"], "uninstall": []}}
+    assert package_actions([remover, keeper], {}) == {
+        "install.d": {"install": ["shared"], "uninstall": []}}
 
 
 def test_package_actions_across_elements_keep_element_order(known, user_elements):
@@ -502,6 +638,14 @@ def test_package_actions_across_elements_keep_element_order(known, user_elements
     assert actions["install.d"]["install"] == ["docker.io", "extra-tool", "python3-venv"]
 
 
+def test_package_actions_search_the_plans_elements_path(user_elements):
+    mine = user_elements("tib-more", {"package-installs.yaml": "extra-tool:\n"})
+    assert package_actions([mine], {}, elements_path=user_path(user_elements)) == {
+        "install.d": {"install": ["extra-tool"], "uninstall": []}}
+    # DIB's squash looks the elements up on the path it is given
+    assert package_actions([mine], {}, elements_path=(shipped_dir("elements"),)) == {}
+
+
 def test_when_naming_an_unset_variable(user_elements):
     element = user_elements("tib-when", {"package-installs.yaml": """
         fancy:
@@ -509,8 +653,10 @@ def test_when_naming_an_unset_variable(user_elements):
         """})
     with pytest.raises(InputError) as err:
         package_actions([element], {"TROVE_FLAVOUR": "a"})
-    assert err.value.message == ("package-installs: 'when: TROVE_NOPE = 1' names TROVE_NOPE, "
-                                 "which no environment.d or profile sets")
+    assert err.value.message == (
+        "package-installs: diskimage-builder's package-installs-squash refused the elements' "
+        "package-installs files: RuntimeError: The variable <TROVE_NOPE> is not set")
+    assert err.value.exit_code == 2
 
 
 def test_when_without_an_operator(user_elements):
@@ -518,13 +664,65 @@ def test_when_without_an_operator(user_elements):
         fancy:
           when: TROVE_FLAVOUR
         """})
-    with pytest.raises(InputError, match="cannot read 'when: TROVE_FLAVOUR'"):
+    with pytest.raises(InputError, match="refused the elements' package-installs files: "
+                                         "Malformed when line: <TROVE_FLAVOUR>$"):
         package_actions([element], {"TROVE_FLAVOUR": "a"})
 
 
-def test_no_or_empty_package_installs(known, user_elements):
+def test_no_package_installs(known):
+    assert package_actions([known["mariadb"], known["postgresql"]], {}) == {}
+
+
+def test_empty_package_installs_fails_as_in_dib(known, user_elements):
     empty = user_elements("tib-empty", {"package-installs.yaml": "# nothing\n"})
-    assert package_actions([known["mariadb"], empty], {}) == {}
+    with pytest.raises(InputError, match="package-installs-squash refused"):
+        package_actions([known["mariadb"], empty], {})
+
+
+def test_packages_in_a_phase_dib_installs_none_in(user_elements):
+    late = user_elements("tib-late-pkgs", {"package-installs.yaml":
+                                           "late:\n  phase: finalise.d\n"})
+    with pytest.raises(PhaseRefused) as err:
+        package_actions([late], {})
+    assert err.value.message == (
+        "element tib-late-pkgs: package-installs phase finalise.d: diskimage-builder installs "
+        "packages only in pre-install.d, install.d, post-install.d")
+
+
+def test_package_steps_are_dibs_package_installs_scripts():
+    steps = package_steps()
+    assert list(steps) == ["pre-install.d", "install.d", "post-install.d"]
+    folder = elements.dib_elements_dir() / "package-installs"
+    for phase, (install, remove) in steps.items():
+        assert (folder / phase / install).is_file() and (folder / phase / remove).is_file()
+        assert "package-installs" in install and "package-uninstalls" in remove
+        assert install < remove
+
+
+PKG_MAP = """{
+  "default": {"web": "httpd", "tool": "tool"},
+  "family": {"debian": {"web": "nginx-light", "windows-only": ""}},
+  "release": {"debian": {"bookworm": {"tool": "tool-bookworm"}}}
+}
+"""
+
+
+@pytest.mark.parametrize("release, tool", [("bookworm", "tool-bookworm"), ("trixie", "tool")])
+def test_pkg_map(known, user_elements, release, tool):
+    mapped = user_elements("tib-mapped", {
+        "pkg-map": PKG_MAP,
+        "package-installs.yaml": "web:\nwindows-only:\ntool:\nunmapped:\n"})
+    plain = user_elements("tib-plain", {"package-installs.yaml": "web:\n"})
+    actions = package_actions([mapped, plain], {"DIB_RELEASE": release},
+                              os_element=known["debian-minimal"])
+    assert actions["install.d"]["install"] == ["nginx-light", tool, "unmapped", "web"]
+
+
+def test_pkg_map_needs_the_distribution(user_elements):
+    mapped = user_elements("tib-mapped", {"pkg-map": PKG_MAP,
+                                          "package-installs.yaml": "web:\n"})
+    with pytest.raises(InputError, match="no DISTRO_NAME"):
+        package_actions([mapped], {})
 
 
 # --------------------------------------------------------------------------
@@ -581,7 +779,7 @@ def test_failing_environment_d(user_elements):
 # base_plan(): the cached OS base, built by DIB
 
 def base_of(plan, known):
-    _own, dib = resolve(plan.elements, known)
+    _own, dib = resolve(plan.elements, plan.elements_path, known)
     return base_plan(plan, dib)
 
 
@@ -633,11 +831,11 @@ def test_base_is_qcow2_whatever_the_output_format(plan_of, known):
 
 
 # --------------------------------------------------------------------------
-# _guest_script(): one phase in the guest
+# guest_script(): one phase in the guest
 
 def test_guest_script(tmp_path):
     scripts = [("10-first", tmp_path / "a"), ("20-second", tmp_path / "b")]
-    text = vc._guest_script("install.d", scripts, ["pkg-a", "odd name"], ["old-pkg"])
+    text = guest.guest_script("install.d", scripts, ["pkg-a", "odd name"], ["old-pkg"])
     lines = text.splitlines()
     source = lines.index(f"set -a; . {IN_TARGET}/environment; set +a")
     install = lines.index("install-packages pkg-a 'odd name'")
@@ -647,6 +845,9 @@ def test_guest_script(tmp_path):
     assert lines[:2] == ["set -eu", "set -o pipefail"]
     assert source < install < first < second < purge
     assert lines[first - 1] == "echo '>> install.d/10-first'"
+    # packages go in and out where DIB's package-installs scripts run
+    assert lines[install - 1] == "echo '>> install.d/01-package-installs'"
+    assert lines[purge - 1] == "echo '>> install.d/99-package-uninstalls'"
     assert lines[purge + 1] == "apt-get -y -q autoremove --purge"
     path = next(ln for ln in lines if ln.startswith("export PATH="))
     assert path.startswith(f"export PATH={IN_TARGET}/bin:")     # install-packages first
@@ -655,8 +856,24 @@ def test_guest_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_guest_script_places_packages_among_the_scripts_as_dib(tmp_path):
+    install, remove = package_steps()["post-install.d"]
+    before, after = "00-early", "99-late"
+    assert before < install and remove < after
+    scripts = [(before, tmp_path / "a"), ("50-middle", tmp_path / "b"), (after, tmp_path / "c")]
+    text = guest.guest_script("post-install.d", scripts, ["new"], ["old"])
+    ran = [ln.split("/", 1)[1].rstrip("'") for ln in text.splitlines()
+           if ln.startswith("echo '>> ")]
+    assert ran == [before, install, "50-middle", remove, after]
+    lines = text.splitlines()
+    assert lines[lines.index(f"echo '>> post-install.d/{install}'") + 1] == \
+        "install-packages new"
+    assert lines[lines.index(f"echo '>> post-install.d/{remove}'") + 1] == \
+        "apt-get -y -q purge old"
+
+
 def test_guest_script_without_packages(tmp_path):
-    text = vc._guest_script("finalise.d", [("90-x", tmp_path / "x")], [], [])
+    text = guest.guest_script("finalise.d", [("90-x", tmp_path / "x")], [], [])
     assert "install-packages" not in text
     assert "apt-get" not in text
     assert text.endswith(f"echo '>> finalise.d/90-x'\n{IN_TARGET}/finalise.d/90-x\n")
@@ -677,10 +894,11 @@ def logf(tmp_path):
 
 
 def apply(backend, own, env, tmp_path, logf, g=None):
-    """_hooks then apply, as build() runs them; returns the handle."""
+    """make_hooks then apply, as build() runs them, with the packages DIB's
+    package-installs decides; returns the handle."""
     g = g if g is not None else backend.guestfs()
-    hooks = backend._hooks(own, env, tmp_path, logf)
-    backend.apply(g, own, env, hooks, logf)
+    hooks = guest.make_hooks(own, env, tmp_path, logf)
+    guest.apply(g, own, package_actions(own, env), hooks, logf)
     logf.flush()
     return g
 
@@ -701,10 +919,12 @@ def test_apply_prod_mariadb(backend, own_of, tmp_path, logf):
     assert f"{IN_TARGET}/run-pre-install.d" not in g.files
     install = g.guest_script("install.d").splitlines()
     ran = [ln.split("/", 1)[1].rstrip("'") for ln in install if ln.startswith("echo '>> ")]
-    assert ran == ["50-trove-guest-user", "60-guest-agent", "65-container-engine-access",
-                   "66-container-images", "70-mariadb", "70-trove-certs"]
+    assert ran == ["01-package-installs", "50-trove-guest-user", "60-guest-agent",
+                   "65-container-engine-access", "66-container-images", "70-mariadb",
+                   "70-trove-certs"]
     packages = next(ln for ln in install if ln.startswith("install-packages "))
     assert install.index(packages) < install.index("echo '>> install.d/50-trove-guest-user'")
+    assert not [ln for ln in install if "purge" in ln]       # nothing to remove
     assert {"cloud-init", "sudo", "docker.io", "python3-venv"} <= set(packages.split()[1:])
     assert "git" not in packages.split()                     # a release install
     assert "install-packages" not in g.guest_script("finalise.d")
@@ -793,7 +1013,7 @@ def test_no_build_ca_bundle_without_one(backend, own_of, tmp_path, logf):
 
 def test_hooks_environment_reads_back_in_bash(backend, own_of, tmp_path, logf):
     _plan, own, env = own_of("prod-mariadb")
-    hooks = backend._hooks(own, env, tmp_path, logf)
+    hooks = guest.make_hooks(own, env, tmp_path, logf)
     proc = subprocess.run(["bash", "-c", f"set -a; . {hooks / 'environment'}; env -0"],
                           env={"PATH": os.environ["PATH"]}, capture_output=True, check=True)
     back = dict(item.decode().split("=", 1) for item in proc.stdout.split(b"\0") if item)
@@ -805,13 +1025,14 @@ def test_failing_extra_data_script(backend, user_elements, tmp_path, logf):
     bad = user_elements("tib-bad-extra", {
         "extra-data.d/10-fetch": "#!/bin/bash\necho cannot fetch >&2\nexit 4\n"})
     with pytest.raises(BuildError) as err:
-        backend._hooks([bad], {}, tmp_path, logf)
+        guest.make_hooks([bad], {}, tmp_path, logf)
     assert err.value.message == "extra-data.d/10-fetch failed (exit 4)"
     logf.flush()
     assert "cannot fetch" in (tmp_path / "build.log").read_text()
 
 
-def test_every_phase_and_build_only_cleanup(backend, user_elements, tmp_path, logf):
+def test_build_only_packages_leave_at_the_end_of_their_phase(backend, user_elements,
+                                                             tmp_path, logf):
     alpha = user_elements("tib-alpha", {
         "pre-install.d/10-pre": SCRIPT.format("pre"),
         "install.d/20-inst": SCRIPT.format("inst"),
@@ -821,18 +1042,24 @@ def test_every_phase_and_build_only_cleanup(backend, user_elements, tmp_path, lo
               phase: pre-install.d
             helper-dev:
               build-only: true
+            gone:
+              uninstall: true
             """})
     beta = user_elements("tib-beta", {"install.d/10-inst": SCRIPT.format("inst"),
                                       "post-install.d/10-post": SCRIPT.format("post")})
     g = apply(backend, [alpha, beta], {}, tmp_path, logf)
     assert g.steps() == ["pre-install.d", "install.d", "post-install.d", "finalise.d",
-                         "purge", "generalise"]
-    assert "install-packages early\n" in g.guest_script("pre-install.d")
+                         "generalise"]
+    pre = g.guest_script("pre-install.d")
+    assert pre.index("install-packages early\n") < \
+        pre.index(f"{IN_TARGET}/pre-install.d/10-pre")
     install = g.guest_script("install.d")
     assert install.index("install-packages helper-dev\n") < \
         install.index(f"{IN_TARGET}/install.d/10-inst\n") < \
-        install.index(f"{IN_TARGET}/install.d/20-inst\n")
-    assert "apt-get -y -q purge helper-dev" in g.scripts[4]
+        install.index(f"{IN_TARGET}/install.d/20-inst\n") < \
+        install.index("apt-get -y -q purge helper-dev gone\n")
+    assert "apt-get" not in g.guest_script("post-install.d")
+    assert "apt-get" not in g.guest_script("finalise.d")
 
 
 def test_failing_phase(own_of, tmp_path, logf):
@@ -969,7 +1196,7 @@ def test_build_installs_the_profiles_packages(offline, plan_of):
 
 
 # --------------------------------------------------------------------------
-# extra_checks()
+# host_checks(): the common checks with this backend's tools, then libguestfs's
 
 @pytest.fixture
 def boot_kernels(monkeypatch):
@@ -987,12 +1214,12 @@ def boot_kernels(monkeypatch):
 
 
 def checks_by_name(backend):
-    found = backend.extra_checks()
+    found = backend.libguestfs_checks()
     assert all(isinstance(c, host.Check) for c in found)
     return {c.name: c for c in found}
 
 
-def test_extra_checks_all_present(backend, boot_kernels, monkeypatch):
+def test_libguestfs_checks_all_present(backend, boot_kernels, monkeypatch):
     monkeypatch.setitem(sys.modules, "guestfs", types.ModuleType("guestfs"))
     monkeypatch.setattr(host, "accelerator", lambda: "kvm")
     boot_kernels += ["vmlinuz-6.1.0-26-amd64", "vmlinuz-6.1.0-25-amd64"]
@@ -1006,7 +1233,7 @@ def test_extra_checks_all_present(backend, boot_kernels, monkeypatch):
     host.require(list(checks.values()), "build")
 
 
-def test_extra_checks_missing_bindings_and_kernel(backend, boot_kernels, monkeypatch):
+def test_libguestfs_checks_missing_bindings_and_kernel(backend, boot_kernels, monkeypatch):
     monkeypatch.setitem(sys.modules, "guestfs", None)        # import guestfs fails
     monkeypatch.setattr(host, "accelerator", lambda: "tcg")
     checks = checks_by_name(backend)
@@ -1028,3 +1255,12 @@ def test_missing_bindings_when_the_handle_is_made(monkeypatch):
     monkeypatch.setitem(sys.modules, "guestfs", None)
     with pytest.raises(HostError, match="cannot import guestfs; install 'python3-guestfs'"):
         VirtCustomizeBackend().guestfs()
+
+
+def test_host_checks_are_the_common_ones_then_libguestfs(backend, monkeypatch):
+    monkeypatch.setitem(sys.modules, "guestfs", types.ModuleType("guestfs"))
+    found = backend.host_checks()
+    assert all(isinstance(c, host.Check) for c in found)
+    assert [c.name for c in found] == [c.name for c in host.checks(backend.tools)] + [
+        "libguestfs bindings", "appliance kernel", "libguestfs accelerator"]
+    assert {"tool virt-customize", "tool supermin", "tool qemu-img"} <= {c.name for c in found}

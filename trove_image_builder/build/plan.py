@@ -4,7 +4,7 @@ variables, which image. Backends execute a plan; they do not read profiles.
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..elements import Element, datastores, search_path
+from ..elements import DatastoreInfo, Element, datastores, search_path
 from ..errors import InputError
 from ..profile import DISTROS, Profile
 
@@ -23,6 +23,8 @@ class BuildPlan:
     output: Path
     arch: str = "amd64"
     dev_key: Path | None = None
+    # the datastore element's description (shipped or from --elements-path)
+    datastore_info: DatastoreInfo | None = None
 
     @property
     def size_gib(self) -> str:
@@ -57,8 +59,10 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
     env["TROVE_GUEST_USER"] = profile.guest_user
 
     ds = profile.datastore
+    info = None
     if ds is not None:
         element = datastores(known)[ds.name]
+        info = element.datastore
         if ds.runtime == "container":
             elements.append("container-engine")
         elements.append(element.name)
@@ -104,7 +108,7 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         packages=profile.packages,
         elements_path=tuple(str(p) for p, origin in search_path(extra_paths)
                             if origin != "dib"),
-        output=output, dev_key=dev_key)
+        output=output, dev_key=dev_key, datastore_info=info)
 
 
 def check_inputs(plan: BuildPlan) -> None:

@@ -1,6 +1,11 @@
-"""A build from start to finish: plan, host check, backend, manifest,
-checksum, and an atomic move of the results next to the output path."""
+"""A build from start to finish, in two steps: ``staged`` (plan, host
+check, backend, manifest, checksum, all in a staging folder beside the
+output path) and ``publish`` (an atomic move of the results into place).
+Whatever runs between the two (``build --verify``) sees the finished image
+before anyone else can; a staged image that is not published is removed."""
+import contextlib
 import dataclasses
+from dataclasses import dataclass
 import datetime
 import json
 import os
@@ -13,13 +18,11 @@ from .. import __version__, elements
 from . import backends, images
 from ..plumbing import host, imagefs, log
 from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
-from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
-                       venv_packages)
-from ..errors import BuildError
-from .plan import BuildPlan, check_inputs, make_plan  # noqa: F401 (check_inputs: cli)
 from ..plumbing.runner import run, sha256_of
+from .manifest import check_contents, contract_for, read_contents
+from .plan import BuildPlan, check_inputs, make_plan
 
-AGENT_VENV = "/opt/guest-agent-venv"
+MANIFEST_SCHEMA = 2
 
 
 def cache_dir() -> Path:
@@ -60,159 +63,116 @@ def _tool_versions() -> dict:
     return versions
 
 
-def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
-    """What the image really holds, read from its file system; prepared:
-    the preloaded images the build put in, each checked against the image's
-    own images.list."""
-    prof = plan.profile
-    with imagefs.mounted(image) as root:
-        packages = dpkg_packages(root)
-        release = os_release(root)
-        units = enabled_units(root)
-        agent_pkgs = venv_packages(root, AGENT_VENV)
-        listing = root / "var/lib/trove-images/images.list"
-        listed = listing.read_text().splitlines() if listing.is_file() else []
-        entry = (root / AGENT_VENV.lstrip("/") / "bin/trove-guestagent").exists()
-    contents = {
-        "os": {"distro": prof.os.distro, "release": prof.release,
-               "os_release": {k: release.get(k) for k in
-                              ("ID", "VERSION_ID", "VERSION_CODENAME", "PRETTY_NAME")}},
-        "packages": packages,
-        "services_enabled": units,
-        "guest_agent": {"install": prof.guest_agent.install,
-                        "version": agent_pkgs.get("trove"),
-                        "venv": AGENT_VENV if entry else None,
-                        "python_packages": agent_pkgs},
-        "datastore": None,
-        # the boot-time certificate hook as enabled in the image
-        "certificates": {"hook": "trove-certs.service" in units,
-                         "volume": prof.certificates.volume if prof.cert_hook else None,
-                         "user_hook": bool(prof.certificates.user_hook)},
-    }
-    in_image = {(fields[0], fields[2]) for fields in (ln.split() for ln in listed)
-                if len(fields) == 3}
-    if prof.datastore is not None:
-        info = elements.datastores(elements.discover())[prof.datastore.name].datastore
-        server = info.package_for(prof.datastore.version or "")
-        container = prof.datastore.runtime == "container"
-        package = "docker.io" if container else server
-        installed = packages.get(package)
-        contents["datastore"] = {
-            "name": prof.datastore.name, "version": prof.datastore.version,
-            "runtime": prof.datastore.runtime, "package": package,
-            "package_version": installed,
-            "upstream_version": upstream_version(installed) if installed else None,
-            "service": "docker" if container else info.service,
-            "server_package_on_host": packages.get(server),
-            "images": [{**p.manifest_entry(), "in_image": (p.ref, p.image_id) in in_image}
-                       for p in prepared]}
-    return contents
+@dataclass
+class Staged:
+    """A finished build in its staging folder, not yet at the output path."""
+    plan: BuildPlan
+    image: Path
+    manifest: dict
+    workdir: Path
+    out: Path
 
 
-def check_contents(contents: dict, plan: BuildPlan) -> None:
-    """Refuse an image that does not hold what the profile asked for."""
-    prof = plan.profile
-    ga = contents["guest_agent"]
-    if prof.guest_agent.install != "none" and not ga["venv"]:
-        raise BuildError(f"the image has no guest agent in {AGENT_VENV}")
-    if prof.guest_agent.install == "release" and ga["version"] != prof.guest_agent.version:
-        raise BuildError(f"the image's guest agent is {ga['version']}, the profile "
-                         f"asks for {prof.guest_agent.version}")
-    if prof.cert_hook != contents["certificates"]["hook"]:
-        raise BuildError("the image's certificate hook (trove-certs.service) is "
-                         f"{'enabled' if contents['certificates']['hook'] else 'missing'}, "
-                         f"the profile {'asks for' if prof.cert_hook else 'does not ask for'} it")
-    ds = contents["datastore"]
-    missing = [i["ref"] for i in (ds or {}).get("images", []) if not i["in_image"]]
-    if missing:
-        raise BuildError(f"preloaded images missing from the image: {', '.join(missing)}")
-    if ds and not ds["package_version"]:
-        raise BuildError(f"the image lacks the package {ds['package']}")
-    if ds and ds["runtime"] == "container" and ds["server_package_on_host"]:
-        raise BuildError(f"a container-runtime image has the server package on the host OS "
-                         f"({ds['server_package_on_host']})")
-
-
-def build(profile, output=None, extra_paths=(), backend_name=None,
-          verify_hook=None) -> tuple[Path, dict]:
-    """Build the profile; return the image path and its manifest. Raises on
-    failure, leaving nothing at the output path."""
+@contextlib.contextmanager
+def staged(profile, output=None, extra_paths=(), backend_name=None):
+    """Build the profile into a staging folder beside the output path; yield
+    a Staged. On leaving, the staging folder goes, with anything that was not
+    published; nothing is ever left half-written at the output path."""
     known = elements.discover(extra_paths)
     plan = plan_for(profile, output, extra_paths, known)
     check_inputs(plan)
     backend = backends.get(backend_name or profile.backend)
-    host.require(host.checks(backend.tools) + list(getattr(backend, "extra_checks", list)()),
-                 "build")
+    host.require(backend.host_checks(), "build")
     out = plan.output.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    timings: dict = {}
-    started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    cache = cache_dir()
-    side = sidecars(out)
     try:
         with terminate_as_interrupt():
-            if plan.dev_key is not None:
-                with log.step("generate the per-build ssh key", timings, "ssh-key"):
-                    key = workdir / "id_ed25519"
-                    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                         f"trove-image-builder {profile.name} dev key", "-f", str(key)])
-                    plan = dataclasses.replace(plan, env={
-                        **plan.env,
-                        "TROVE_DEV_SSH_PUBKEY": (workdir / "id_ed25519.pub").read_text().strip()})
-            prepared = []
-            if profile.datastore is not None and profile.datastore.images:
-                with log.step("prepare the preloaded container images", timings, "images"):
-                    prepared = images.prepare(profile.datastore.images, workdir, profile.source)
-                    listed = images.write_list(prepared, workdir / "container-images.list")
-                    plan = dataclasses.replace(plan, env={
-                        **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)})
-                    for p in prepared:
-                        log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
-            with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
-                          timings, "backend"):
-                image = backend.build(plan, workdir, cache, side["log"], timings)
-            with log.step("read the image's contents", timings, "inspect"):
-                contents = read_contents(image, plan, prepared)
-                check_contents(contents, plan)
-            with log.step("checksum", timings, "checksum"):
-                digest = sha256_of(image)
-            timings["total"] = round(time.monotonic() - started, 1)
-            info = imagefs.image_info(image)
-            manifest = {
-                "schema": 1,
-                "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                "image": {"file": out.name, "format": info["format"],
-                          "size_bytes": image.stat().st_size,
-                          "virtual_size_bytes": info.get("virtual-size"),
-                          "sha256": digest},
-                "profile": {"name": profile.name, "source": profile.source,
-                            "variant": profile.variant, "digest": profile.digest(),
-                            "resolved": profile.to_dict()},
-                "backend": backend.name,
-                "elements": list(plan.elements),
-                "tools": _tool_versions(),
-                "host": {"partition_route": host.partition_route()},
-                **contents,
-                "dev_ssh_key": str(plan.dev_key) if plan.dev_key else None,
-                "timings": timings,
-            }
-            if verify_hook is not None:
-                with log.step("verify before moving into place", timings, "verify"):
-                    verify_hook(image, manifest, plan)
-            (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            (workdir / "image.sha256").write_text(f"{digest}  {out.name}\n")
-            # Side files first, the image last: an image at the output path
-            # always comes with its own manifest and checksum.
-            os.replace(workdir / "manifest.json", side["manifest"])
-            os.replace(workdir / "image.sha256", side["sha256"])
-            if plan.dev_key is not None:
-                os.replace(workdir / "id_ed25519", plan.dev_key)
-                os.replace(workdir / "id_ed25519.pub", plan.dev_key.with_name(
-                    plan.dev_key.name + ".pub"))
-            os.replace(image, out)
-            return plan.output, manifest
+            yield _stage(plan, backend, workdir, out)
     finally:
         release_workdir(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stage(plan: BuildPlan, backend, workdir: Path, out: Path) -> Staged:
+    profile = plan.profile
+    timings: dict = {}
+    started = time.monotonic()
+    side = sidecars(out)
+    dev_public_key = None
+    if plan.dev_key is not None:
+        with log.step("generate the per-build ssh key", timings, "ssh-key"):
+            key = workdir / "id_ed25519"
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                 f"trove-image-builder {profile.name} dev key", "-f", str(key)])
+            dev_public_key = (workdir / "id_ed25519.pub").read_text().strip()
+            plan = dataclasses.replace(plan, env={**plan.env,
+                                                  "TROVE_DEV_SSH_PUBKEY": dev_public_key})
+    prepared = []
+    if profile.datastore is not None and profile.datastore.images:
+        with log.step("prepare the preloaded container images", timings, "images"):
+            prepared = images.prepare(profile.datastore.images, workdir, profile.source)
+            listed = images.write_list(prepared, workdir / "container-images.list")
+            plan = dataclasses.replace(plan, env={
+                **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)})
+            for p in prepared:
+                log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
+    with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
+                  timings, "backend"):
+        image = backend.build(plan, workdir, cache_dir(), side["log"], timings)
+    with log.step("read the image's contents", timings, "inspect"):
+        contents = read_contents(image, plan, prepared)
+        check_contents(contents, plan)
+    with log.step("checksum", timings, "checksum"):
+        digest = sha256_of(image)
+    timings["total"] = round(time.monotonic() - started, 1)
+    info = imagefs.image_info(image)
+    contract = contract_for(plan, dev_public_key,
+                            [(p.ref, p.image_id) for p in prepared] if prepared else None)
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        "image": {"file": out.name, "format": info["format"],
+                  "size_bytes": image.stat().st_size,
+                  "virtual_size_bytes": info.get("virtual-size"),
+                  "sha256": digest},
+        "profile": {"name": profile.name, "source": profile.source,
+                    "variant": profile.variant, "digest": profile.digest(),
+                    "resolved": profile.to_dict()},
+        "backend": backend.name,
+        "elements": list(plan.elements),
+        "elements_path": list(plan.elements_path),
+        "tools": _tool_versions(),
+        "host": {"partition_route": host.partition_route()},
+        **contents,
+        "contract": contract.to_dict(),
+        "dev_ssh_key": str(plan.dev_key) if plan.dev_key else None,
+        "timings": timings,
+    }
+    return Staged(plan, image, manifest, workdir, out)
+
+
+def publish(st: Staged) -> tuple[Path, dict]:
+    """Move a staged build into place: the side files first, the image
+    last, so an image at the output path always comes with its own manifest
+    and checksum."""
+    side = sidecars(st.out)
+    (st.workdir / "manifest.json").write_text(json.dumps(st.manifest, indent=2) + "\n")
+    (st.workdir / "image.sha256").write_text(
+        f"{st.manifest['image']['sha256']}  {st.out.name}\n")
+    os.replace(st.workdir / "manifest.json", side["manifest"])
+    os.replace(st.workdir / "image.sha256", side["sha256"])
+    if st.plan.dev_key is not None:
+        os.replace(st.workdir / "id_ed25519", st.plan.dev_key)
+        os.replace(st.workdir / "id_ed25519.pub",
+                   st.plan.dev_key.with_name(st.plan.dev_key.name + ".pub"))
+    os.replace(st.image, st.out)
+    return st.plan.output, st.manifest
+
+
+def build(profile, output=None, extra_paths=(), backend_name=None) -> tuple[Path, dict]:
+    """Build the profile and publish it; return the image path and its
+    manifest. Raises on failure, leaving nothing at the output path."""
+    with staged(profile, output, extra_paths, backend_name) as st:
+        return publish(st)

@@ -22,14 +22,15 @@ def booted_checks(image: Path, expect, report, contract=False, junit=None) -> No
             with log.step("start a RabbitMQ on 127.0.0.1 for the contract test"):
                 broker = stack.enter_context(LocalRabbit())
             forwards = ((5672, broker.port),)
-        guest_id, files = trove_files(expect)
+        injection, files = trove_files(expect)
         start = time.monotonic()
         with log.step(f"boot {image.name} (overlay; the image is not written)"):
             guest = stack.enter_context(booted(image, expect.guest_user, files, forwards))
             log.info(f"ssh answered after {guest.boot_seconds} s")
         report.seconds["boot"] = guest.boot_seconds
-        extra = {"booted": {"guest": guest, "guest_id": guest_id, "broker": broker,
-                            "contract": contract}}
+        extra = {"booted": {"guest": guest, "guest_id": injection.guest_id,
+                            "rpc_key": injection.rpc_key, "files": files,
+                            "broker": broker, "contract": contract}}
         with log.step("booted checks over ssh"):
             run_checks("test_booted.py", guest.hostspec, expect, report, "booted",
                        junit=junit, extra_fixtures=extra,

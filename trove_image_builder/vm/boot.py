@@ -21,8 +21,9 @@ import time
 import uuid
 
 from ..plumbing import host, log
-from ..errors import BuildError, HostError, InputError, VerifyError
-from ..contract.expectations import CERT_STAGING
+from ..errors import HostError, InputError, VerifyError
+from ..contract import injected
+from ..contract.injected import Injection
 from ..plumbing.imagefs import image_info
 from ..plumbing.runner import run, stop
 
@@ -229,34 +230,23 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
 
 
 def trove_files(expect, transport_url: str | None = None,
-                guest_id: str | None = None) -> tuple[str, dict]:
-    """The two files Trove injects at boot, for this image's datastore."""
-    guest_id = guest_id or str(uuid.uuid4())
-    manager = expect.datastore or "mariadb"
-    guest_info = ("[DEFAULT]\n"
-                  f"guest_id = {guest_id}\n"
-                  f"datastore_manager = {manager}\n"
-                  "tenant_id = trove-image-builder\n")
+                **overrides) -> tuple[Injection, dict]:
+    """What Trove injects at boot for this image (contract.injected), with
+    the agent's broker reached through the guest forward."""
     url = transport_url or f"rabbit://guest:guest@{GUEST_FORWARD_IP}:5672/"
-    agent_conf = ("[DEFAULT]\n"
-                  f"transport_url = {url}\n"
-                  "control_exchange = trove\n"
-                  "log_dir = /var/log/trove\n"
-                  "log_file = trove-guestagent.log\n"
-                  "debug = True\n")
-    return guest_id, {"/etc/trove/conf.d/guest_info.conf": guest_info,
-                      "/etc/trove/conf.d/trove-guestagent.conf": agent_conf}
+    injection = injected.for_image(expect, url, **overrides)
+    return injection, injection.files(expect.paths)
 
 
 CERT_FILES = ("ca.crt", "client.crt", "client.key")
 
 
-def cert_files(folder: Path) -> dict:
+def cert_files(folder: Path, staging: str) -> dict:
     """The certificates in folder, as files to deliver at boot to the
     certificate hook's staging folder (as Nova's injected files would)."""
     folder = Path(folder)
     if not (folder / "ca.crt").is_file():
         raise InputError(f"--certs {folder}: no ca.crt there (the set is ca.crt, and "
                          "optionally client.crt with client.key)")
-    return {f"{CERT_STAGING}/{name}": (folder / name).read_text()
+    return {f"{staging}/{name}": (folder / name).read_text()
             for name in CERT_FILES if (folder / name).is_file()}

@@ -19,6 +19,7 @@ import time
 import uuid
 
 from ..plumbing import host
+from . import secure_rpc
 from ..errors import HostError, TroveImageBuilderError, VerifyError
 
 START_TIMEOUT = 120
@@ -235,9 +236,10 @@ def check_broker_tls(address: str, port: int, tls: ClientTLS, timeout: float = 1
 
 
 def rpc_call(url: str, guest_id: str, method: str = "rpc_ping", timeout: float = 30,
-             tls: ClientTLS | None = None, **kwargs):
+             tls: ClientTLS | None = None, rpc_key: str | None = None, **kwargs):
     """Call method on the guest agent as Trove's controller does; over TLS
-    with tls's certificates if given."""
+    with tls's certificates if given; encrypted with rpc_key (the
+    instance_rpc_encr_key the agent was given) if given."""
     from oslo_config import cfg
     import oslo_messaging as messaging
 
@@ -259,14 +261,17 @@ def rpc_call(url: str, guest_id: str, method: str = "rpc_ping", timeout: float =
     try:
         target = messaging.Target(exchange="trove", topic=f"guestagent.{guest_id}",
                                   server=guest_id, version="1.0")
-        client = messaging.get_rpc_client(transport, target, timeout=timeout)
+        serializer = secure_rpc.serializer(rpc_key) if rpc_key else None
+        client = messaging.get_rpc_client(transport, target, timeout=timeout,
+                                          serializer=serializer)
         return client.call({}, method, **kwargs)
     finally:
         transport.cleanup()
 
 
 def wait_for_rpc(url: str, guest_id: str, deadline_seconds: float,
-                 tls: ClientTLS | None = None) -> tuple[object, float]:
+                 tls: ClientTLS | None = None,
+                 rpc_key: str | None = None) -> tuple[object, float]:
     """Call rpc_ping until the agent answers; (answer, seconds waited). A
     TLS refusal or missing TLS files end it at once."""
     import oslo_messaging as messaging
@@ -274,7 +279,7 @@ def wait_for_rpc(url: str, guest_id: str, deadline_seconds: float,
     last = "no answer"
     while time.monotonic() - start < deadline_seconds:
         try:
-            return (rpc_call(url, guest_id, timeout=20, tls=tls),
+            return (rpc_call(url, guest_id, timeout=20, tls=tls, rpc_key=rpc_key),
                     round(time.monotonic() - start, 1))
         except TroveImageBuilderError:
             raise

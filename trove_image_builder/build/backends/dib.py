@@ -4,6 +4,7 @@ import fcntl
 import os
 from pathlib import Path
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from ...plumbing.cleanup import forget_dev_mapper, release_workdir
 from ...errors import BuildError
 from ..plan import BuildPlan
 from ...plumbing.runner import replay_line
+from .base import Backend
 
 PHASE_RE = re.compile(
     r"(?:Running hooks from \S*?/|dib-run-parts.*?/|Running in phase )"
@@ -21,7 +23,7 @@ PHASE_RE = re.compile(
 STOP_GRACE_SECONDS = 120
 
 
-class DibBackend:
+class DibBackend(Backend):
     name = "dib"
     tools = (
         ("disk-image-create", "diskimage-builder (pip)", "build"),
@@ -60,6 +62,13 @@ class DibBackend:
         }
         env.update(plan.env)
         return argv, env
+
+    def describe(self, plan: BuildPlan, workdir: Path, cache_dir: Path) -> list[str]:
+        """The environment disk-image-create gets, then its command line:
+        both ready to paste into a shell."""
+        argv, env = self.command(plan, workdir, cache_dir)
+        return [f"export {key}={shlex.quote(env[key])}" for key in sorted(env)] + \
+            [shlex.join(argv)]
 
     def build(self, plan: BuildPlan, workdir: Path, cache_dir: Path,
               log_path: Path, timings: dict) -> Path:

@@ -2,8 +2,6 @@
 Trove contract test: the agent answers an RPC call over RabbitMQ."""
 import pytest
 
-from trove_image_builder.contract.expectations import AGENT_UNIT
-
 AGENT_DEADLINE = 600
 
 
@@ -14,14 +12,21 @@ def test_cloud_init_finished_without_errors(host):
     assert result.rc == 0, f"cloud-init reports errors: {result.stdout.strip()}"
 
 
-def test_trove_files_injected(host, expect):
-    conf = host.file("/etc/trove/conf.d/guest_info.conf")
-    assert conf.exists, "cloud-init did not write /etc/trove/conf.d/guest_info.conf"
+def test_trove_files_injected(host, expect, booted):
+    """Every file Trove injected arrived as given (cloud-init writes them
+    from the config drive), and the agent's user can read its own."""
+    injected = booted["files"]
+    for path, content in sorted(injected.items()):
+        with host.sudo():
+            found = host.file(path)
+            assert found.exists, f"cloud-init did not write {path}"
+            assert found.content_string.strip() == content.strip(), \
+                f"{path} differs from what was injected: {found.content_string[:200]!r}"
+    conf = host.file(expect.paths.guest_info)
     if expect.agent_install != "none":
         # the agent runs as the guest user and must be able to read it
         assert conf.user == expect.guest_user, \
             f"guest_info.conf is owned by {conf.user}, the agent runs as {expect.guest_user}"
-        assert "guest_id" in conf.content_string
 
 
 def test_datastore_service_running(host, expect):
@@ -81,6 +86,7 @@ def test_certificate_hook_ran(host, expect):
 
 
 def test_guest_agent_active(host, expect):
+    AGENT_UNIT = expect.paths.agent_unit
     if expect.agent_install == "none":
         pytest.skip("agentless image")
     shown = dict(line.split("=", 1) for line in host.check_output(
@@ -92,13 +98,15 @@ def test_guest_agent_active(host, expect):
 
 
 def test_contract_rpc_ping(host, expect, booted):
+    AGENT_UNIT = expect.paths.agent_unit
     if not booted["contract"]:
         pytest.skip("contract test not asked for (--contract)")
     if expect.agent_install == "none":
         pytest.skip("agentless image")
     from trove_image_builder.vm.rabbit import wait_for_rpc
     try:
-        answer, waited = wait_for_rpc(booted["broker"].url, booted["guest_id"], AGENT_DEADLINE)
+        answer, waited = wait_for_rpc(booted["broker"].url, booted["guest_id"], AGENT_DEADLINE,
+                                      rpc_key=booted["rpc_key"])
     except Exception as exc:
         journal = host.run(f"sudo journalctl -u {AGENT_UNIT} --no-pager -n 20").stdout
         raise AssertionError(f"{exc}; agent journal: {journal[-800:]}") from exc

@@ -1,15 +1,16 @@
 """Offline checks: the image mounted read-only, nothing booted."""
+from pathlib import Path
+
 import pytest
 
-from trove_image_builder.contract.expectations import AGENT_UNIT, AGENT_VENV, CERT_STAGING
 
-TROVE_DIRS = ("/etc/trove/conf.d", "/etc/trove/certs", "/var/lib/trove", "/var/log/trove")
 KEY_SEARCH = "/etc /root /home /var/lib /srv /usr/local /opt"
 CERT_HOOK = "/usr/local/sbin/trove-certs"
 USER_HOOK = "/usr/local/lib/trove-certs/user-hook"
 # where the hook puts certificates at boot; empty in any image
-CERT_FOLDERS = ("/etc/trove/certs", "/var/lib/trove-certs", "/usr/local/share/ca-certificates",
-                "/etc/pki/ca-trust/source/anchors")
+SYSTEM_CA_FOLDERS = ("/usr/local/share/ca-certificates", "/etc/pki/ca-trust/source/anchors")
+# the in-image paths come from the image's own contract (expect.paths)
+TROVE_DIRS = ("injected", "certs", "state", "log")
 
 
 def test_os_release(host, expect):
@@ -49,7 +50,7 @@ def test_container_engine(host, expect):
         # the agent's network plugin, socket-activated, as upstream images have it
         assert host.service("docker-hostnic.socket").is_enabled, \
             "docker-hostnic.socket (the agent's network plugin) is not enabled"
-        assert host.file("/opt/guest-agent-venv/bin/trove-docker-plugin").exists, \
+        assert host.file(f"{expect.paths.agent_venv}/bin/trove-docker-plugin").exists, \
             "the agent's trove-docker-plugin is missing"
 
 
@@ -63,13 +64,13 @@ def test_no_server_package_on_host(host, expect):
 def test_preloaded_images(host, expect):
     if not expect.images:
         pytest.skip("no preloaded container images in this image")
-    listing = host.file("/var/lib/trove-images/images.list")
-    assert listing.exists, "no /var/lib/trove-images/images.list"
+    listing = host.file(f"{expect.paths.images}/images.list")
+    assert listing.exists, f"no {listing.path}"
     held = {ln.split()[0]: ln.split()[1:] for ln in listing.content_string.splitlines()
             if ln.strip()}
     for ref, image_id in expect.images:
         assert ref in held, f"{ref} is not preloaded (found: {sorted(held)})"
-        archive = f"/var/lib/trove-images/{held[ref][0]}"
+        archive = f"{expect.paths.images}/{held[ref][0]}"
         config = host.check_output(f"tar -xOf {archive} manifest.json")
         found = "sha256:" + config.split('"Config":"', 1)[1].split('"', 1)[0] \
             .rsplit("/", 1)[-1].removesuffix(".json")
@@ -80,6 +81,7 @@ def test_preloaded_images(host, expect):
 
 
 def test_guest_agent_virtualenv(host, expect):
+    AGENT_VENV = expect.paths.agent_venv
     entry = host.file(f"{AGENT_VENV}/bin/trove-guestagent")
     if expect.agent_install == "none":
         assert not entry.exists, f"agentless image has {entry.path}"
@@ -96,12 +98,13 @@ def test_guest_agent_virtualenv(host, expect):
 
 
 def test_guest_agent_unit(host, expect):
+    AGENT_UNIT, AGENT_VENV = expect.paths.agent_unit, expect.paths.agent_venv
     unit = host.file(f"/etc/systemd/system/{AGENT_UNIT}")
     if expect.agent_install == "none":
         assert not unit.exists, f"agentless image has {unit.path}"
         return
     assert unit.exists, f"the guest agent unit {unit.path} is missing"
-    assert f"{AGENT_VENV}/bin/trove-guestagent --config-dir=/etc/trove/conf.d" \
+    assert f"{AGENT_VENV}/bin/trove-guestagent --config-dir={expect.paths.injected}" \
         in unit.content_string, f"{unit.path} does not run the agent with --config-dir"
     assert host.service(AGENT_UNIT).is_enabled, f"{AGENT_UNIT} is not enabled"
     user = host.file(f"/etc/systemd/system/{AGENT_UNIT}.d/10-guest-user.conf")
@@ -109,8 +112,9 @@ def test_guest_agent_unit(host, expect):
         f"{AGENT_UNIT} does not run as {expect.guest_user}"
 
 
-@pytest.mark.parametrize("path", TROVE_DIRS)
-def test_trove_directories(host, expect, path):
+@pytest.mark.parametrize("name", TROVE_DIRS)
+def test_trove_directories(host, expect, name):
+    path = getattr(expect.paths, name)
     folder = host.file(path)
     assert folder.is_directory, f"{path} is missing"
     assert folder.user == expect.guest_user, f"{path} is owned by {folder.user}"
@@ -155,16 +159,20 @@ def test_no_passwords(host, expect):
 
 
 def test_no_trove_certificates(host, expect):
-    found = host.check_output(f"find {' '.join(CERT_FOLDERS)} -type f 2>/dev/null || true")
+    folders = (expect.paths.certs, str(Path(expect.paths.cert_staging).parent),
+               *SYSTEM_CA_FOLDERS)
+    found = host.check_output(f"find {' '.join(folders)} -type f 2>/dev/null || true")
     # PEM anywhere Trove's files live (the system CA bundle is not among them)
     grep = host.run_expect([0, 1, 2], "grep -rIl -e '-----BEGIN [A-Z ]*CERTIFICATE-----' "
-                           "-e '-----BEGIN [A-Z ]*PRIVATE KEY-----' /etc/trove /var/lib/trove "
-                           "/var/lib/trove-certs /etc/default")
+                           "-e '-----BEGIN [A-Z ]*PRIVATE KEY-----' "
+                           f"{expect.paths.conf} {expect.paths.state} "
+                           f"{Path(expect.paths.cert_staging).parent} /etc/default")
     found = sorted(set(found.split() + grep.stdout.split()))
     assert not found, f"certificates or keys baked into the image: {found}"
 
 
 def test_certificate_hook(host, expect):
+    AGENT_UNIT, CERT_STAGING = expect.paths.agent_unit, expect.paths.cert_staging
     script = host.file(CERT_HOOK)
     if not expect.cert_hook:
         assert not host.file("/etc/systemd/system/trove-certs.service").exists, \
@@ -196,11 +204,11 @@ def test_certificate_hook(host, expect):
 
 
 def test_dev_marker_and_key(host, expect):
-    marker = host.file("/etc/trove/DEVELOPMENT-IMAGE")
+    marker = host.file(expect.paths.dev_marker)
     if expect.production:
         assert not marker.exists, "a production image carries the development marker"
         return
-    assert marker.exists, "development image without /etc/trove/DEVELOPMENT-IMAGE"
+    assert marker.exists, f"development image without {marker.path}"
     keys = host.file(f"/home/{expect.guest_user}/.ssh/authorized_keys")
     assert keys.exists, f"no authorized_keys for {expect.guest_user}"
     if expect.dev_public_key:

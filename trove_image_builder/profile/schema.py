@@ -1,0 +1,240 @@
+"""The Trove profile schema: every setting declared once (its parser,
+allowed values, default and help), frozen into :class:`Profile`, and the
+rules between settings (:func:`validate`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+import hashlib
+import json
+from pathlib import Path
+import re
+
+from ..elements import datastores
+from ..errors import ProfileError
+from .settings import describe, parse_bool, parse_env, parse_str_list, section, setting
+
+
+@dataclass(frozen=True)
+class Distro:
+    element: str
+    release: str
+    mirror_env: str | None
+
+
+# OS bases: the ones whose archives the builds reach.
+DISTROS = {
+    "debian": Distro("debian-minimal", "bookworm", "DIB_DISTRIBUTION_MIRROR"),
+    "ubuntu": Distro("ubuntu-minimal", "jammy", "DIB_DISTRIBUTION_MIRROR"),
+}
+
+
+def backend_names() -> tuple:
+    """The registered image backends (asked for when needed: the build side
+    imports the profile, not the reverse)."""
+    from ..build.backends import names
+    return names()
+
+
+def _default_release(s) -> str:
+    return DISTROS[s["os.distro"]].release
+
+
+def _default_cert_hook(s) -> bool:
+    return s["variant"] == "production" and s["guest_agent.install"] != "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OsSpec:
+    distro: str = setting("OS base", default="debian", choices=DISTROS)
+    release: str = setting(
+        "release; default " + ", ".join(f"{k}: {d.release}" for k, d in DISTROS.items()),
+        default_factory=_default_release, default_factory_depends=("os.distro",))
+    mirror: str | None = setting("package mirror URL")
+    security_mirror: str | None = setting("Debian security mirror URL (debian-security path)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerImage:
+    ref: str = setting("image reference, as Trove will ask for it (e.g. mariadb:10.11)",
+                       required=True)
+    archive: str = setting("docker-archive tarball or OCI layout (folder or tar), "
+                           "relative to the profile that names it", required=True, path=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatastoreSpec:
+    name: str = setting("datastore element (a folder with datastore.yaml)", required=True)
+    version: str | None = setting("datastore version")
+    runtime: str = setting("how the datastore runs in the guest", default="package",
+                           choices=("package", "container"))
+    images: tuple = section(ContainerImage, many=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuestAgentSpec:
+    install: str = setting("where the guest agent comes from", default="release",
+                           choices=("release", "source", "none"))
+    version: str | None = setting("Trove release, for install: release")
+    path: str | None = setting("Trove checkout, for install: source "
+                               "(relative to the profile that names it)", path=True)
+    pip_index: str | None = setting("package index URL for pip")
+
+
+# How the boot-time certificate hook finds the data volume.
+# (written into a shell settings file in the image: no quoting characters)
+_VOLUME_RE = re.compile(r"^(/dev/[A-Za-z0-9._/:-]+|LABEL=[A-Za-z0-9._-]+|UUID=[0-9A-Fa-f-]+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificatesSpec:
+    enabled: bool = setting(
+        "install the boot-time certificate hook (trove-certs); "
+        "default: on for production images with a guest agent", parse=parse_bool,
+        default_factory=_default_cert_hook,
+        default_factory_depends=("variant", "guest_agent.install"))
+    volume: str = setting("data volume holding the certificates' copy: "
+                          "a device path, LABEL=name or UUID=uuid", default="/dev/vdb")
+    user_hook: str | None = setting(
+        "your own script, run at boot before the certificates are checked "
+        "(relative to the profile that names it)", path=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec:
+    format: str = setting("disk format", default="qcow2", choices=("qcow2", "raw", "vhd"))
+    size: str = setting("disk size in GiB, e.g. 4G", default="4G")
+    compression: str = setting("qcow2 compression", default="zstd",
+                               choices=("zstd", "zlib", "none"))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    name: str = setting("profile name", required=True)
+    description: str = setting("one line for 'profiles list'", default="")
+    variant: str = setting("production images carry no keys or passwords",
+                           default="production", choices=("production", "development"))
+    os: OsSpec = section(OsSpec)
+    datastore: DatastoreSpec | None = section(DatastoreSpec, optional=True)
+    guest_agent: GuestAgentSpec = section(GuestAgentSpec)
+    guest_user: str = setting("user the guest agent runs as", default="trove")
+    certificates: CertificatesSpec = section(CertificatesSpec)
+    elements: tuple = setting("extra element names", parse=parse_str_list, default=())
+    packages: tuple = setting("extra OS packages", parse=parse_str_list, default=())
+    image: ImageSpec = section(ImageSpec)
+    env: dict = setting("extra DIB_* variables", parse=parse_env, default={})
+    backend: str = setting("image backend", default="dib", choices=backend_names)
+    # Where it was loaded from; not a setting, not part of the digest.
+    source: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        """Every setting as built (defaults resolved, paths absolute)."""
+        data = _plain(dataclasses.asdict(self))
+        data.pop("source", None)
+        return data
+
+    def digest(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def release(self) -> str:
+        return self.os.release
+
+    @property
+    def cert_hook(self) -> bool:
+        """Whether the image gets the boot-time certificate hook."""
+        return self.certificates.enabled
+
+    def user_hook_path(self) -> Path | None:
+        """The profile's own certificate hook (absolute since loading)."""
+        hook = self.certificates.user_hook
+        return Path(hook) if hook else None
+
+
+TOP_FIELDS = tuple(f.name for f in dataclasses.fields(Profile) if "setting" in f.metadata)
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(dotted name, allowed values / default, help) for every setting."""
+    return describe(Profile)
+
+
+# --------------------------------------------------------------------------
+# Rules between settings
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SIZE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?G?$")
+
+# The first Trove release (Victoria) whose guest agent runs datastores in
+# containers on an engine inside the guest.
+FIRST_CONTAINER_AGENT = 14
+
+
+def _major(version: str | None) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def validate(p: Profile, provenance: dict, leaf: str, known_elements=None) -> None:
+    """The rules no single setting can check. ``known_elements`` (from
+    elements.discover) enables the element and datastore checks."""
+    def err(dotted, message):
+        raise ProfileError(provenance.get(dotted, leaf), dotted, message)
+
+    if not _NAME_RE.match(p.name):
+        err("name", f"'{p.name}' must be lower case letters, digits, '.', '_' or '-'")
+    if not _SIZE_RE.match(p.image.size) or float(p.image.size.rstrip("G")) <= 0:
+        err("image.size", f"'{p.image.size}' is not a size in GiB; write e.g. 4G")
+    ga = p.guest_agent
+    if ga.install == "release" and not ga.version:
+        err("guest_agent.version", "is required for install: release (e.g. \"26.0.0\")")
+    if ga.install == "source" and not ga.path:
+        err("guest_agent.path", "is required for install: source (a Trove checkout)")
+    if p.variant == "production":
+        if ga.install == "source":
+            err("guest_agent.install", "'source' is for development images; "
+                "a production image takes the agent from a release")
+        if "dev-access" in p.elements:
+            err("elements", "'dev-access' is for development images only")
+    certs = p.certificates
+    if not _VOLUME_RE.match(certs.volume):
+        err("certificates.volume", f"'{certs.volume}' is not a device path, LABEL=name "
+            "or UUID=uuid; write e.g. /dev/vdb")
+    if certs.user_hook and not certs.enabled:
+        err("certificates.user_hook", "runs in the certificate hook, which this image "
+            "does not get; set certificates.enabled: true")
+    ds = p.datastore
+    if ds is not None and ds.images and ds.runtime != "container":
+        err("datastore.images", "preloaded images need runtime: container")
+    if ds is not None and ds.runtime == "package" and \
+            ga.install == "release" and _major(ga.version) >= FIRST_CONTAINER_AGENT:
+        err("datastore.runtime", f"the Trove {ga.version} guest agent runs its datastore "
+            "in a container (since Trove 14, Victoria) and cannot manage one from OS "
+            "packages; use runtime: container, or guest_agent.install: none")
+    if ds is not None and known_elements is not None:
+        stores = datastores(known_elements)
+        if ds.name not in stores:
+            err("datastore.name", f"unknown datastore '{ds.name}'; known: "
+                f"{', '.join(sorted(stores)) or 'none'} (a datastore is an "
+                "element folder with a datastore.yaml)")
+        info = stores[ds.name].datastore
+        if ds.runtime not in info.runtimes:
+            err("datastore.runtime", f"'{ds.runtime}' is not supported by the "
+                f"{ds.name} element; it supports: {', '.join(info.runtimes)}")
+    if known_elements is not None:
+        for name in p.elements:
+            if name not in known_elements:
+                err("elements", f"unknown element '{name}'; see 'trove-image-builder "
+                    "elements list', or add its folder with --elements-path")
