@@ -27,7 +27,7 @@ def images_dir(tmp_path_factory) -> Path:
 
 
 def _build(images_dir: Path, profile: str, *extra) -> BuiltImage:
-    out = images_dir / f"{profile}.qcow2"
+    out = images_dir / f"{Path(profile).stem}.qcow2"
     proc = cli("build", profile, "-o", str(out), *extra)
     sys.stderr.write(proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,3 +125,14 @@ def prod_mariadb_preloaded(images_dir, small_image_layout) -> BuiltImage:
 def _needs_root():
     if os.geteuid() != 0:
         pytest.skip("integration tests build images: run as root")
+
+
+USER_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def redis_package(images_dir) -> BuiltImage:
+    """A datastore element of the tests' own (redis, from --elements-path),
+    built with the package runtime, agentless."""
+    return _build(images_dir, str(USER_DATA / "redis-package.yaml"),
+                  "--elements-path", str(USER_DATA / "elements"))

@@ -15,9 +15,7 @@ import pytest
 
 from tests.helpers import manifests
 from trove_image_builder.vm import boot
-from trove_image_builder.contract import expectations as expect
 from trove_image_builder.plumbing import host
-from trove_image_builder import profile as profiles
 from trove_image_builder.verify import runner as verify
 from trove_image_builder.verify import booted as booted_mod
 from trove_image_builder.errors import BuildError, HostError, VerifyError

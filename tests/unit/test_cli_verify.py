@@ -2,7 +2,6 @@
 verify, boot and build are replaced at the seam (nothing is mounted or booted)."""
 import contextlib
 import json
-from pathlib import Path
 import shlex
 import subprocess
 from types import SimpleNamespace

@@ -10,9 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.helpers import manifests
-from trove_image_builder.contract import expectations as expect
 from trove_image_builder.plumbing import imagefs
-from trove_image_builder import profile as profiles
 from trove_image_builder.verify import runner as verify
 from trove_image_builder.errors import VerifyError
 

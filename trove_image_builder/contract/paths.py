@@ -46,7 +46,8 @@ class InImagePaths:
     def from_dict(cls, data: dict, where: str) -> "InImagePaths":
         names = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) != names:
-            raise InputError(f"{where}: contract.paths must name exactly: {', '.join(sorted(names))}")
+            raise InputError(f"{where}: contract.paths must name exactly: "
+                             f"{', '.join(sorted(names))}")
         return cls(**{k: str(v) for k, v in data.items()})
 
 
