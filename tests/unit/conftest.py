@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 
+from tests import pki
 from trove_image_builder import elements, shipped_dir
 
 
@@ -39,3 +40,15 @@ def write(tmp_path, monkeypatch):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def ca():
+    """A CA made at test time (tests/pki.py)."""
+    return pki.make_ca()
+
+
+@pytest.fixture(scope="module")
+def client(ca):
+    """The guest agent's client certificate, signed by ca."""
+    return pki.issue(ca, "guest agent")

@@ -16,16 +16,6 @@ from tests.helpers.certs_hook import FILES, HOOK, Guest  # noqa: F401
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return pki.make_ca()
-
-
-@pytest.fixture(scope="module")
-def client(ca):
-    return pki.issue(ca, "guest agent")
-
-
 @pytest.fixture
 def guest(tmp_path):
     return Guest(tmp_path)

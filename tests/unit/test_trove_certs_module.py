@@ -33,16 +33,6 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="need
 USER = pwd.getpwuid(os.getuid()).pw_name
 
 
-@pytest.fixture(scope="module")
-def ca():
-    return pki.make_ca()
-
-
-@pytest.fixture(scope="module")
-def client(ca):
-    return pki.issue(ca, "guest agent")
-
-
 def _set(folder: Path, ca=None, client=None, key_of=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if ca is not None:
