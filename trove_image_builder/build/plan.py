@@ -49,8 +49,13 @@ def _os_env(profile: Profile) -> dict:
 
 
 def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
-              extra_paths=(), ca_bundle: Path | None = None) -> BuildPlan:
-    """Elements in the order DIB is given them, and their variables."""
+              extra_paths=(), ca_bundle: Path | None = None,
+              dev_public_key: str | None = None, images_list: Path | None = None) -> BuildPlan:
+    """Elements in the order DIB is given them, and their variables.
+
+    What exists only once a build has started (the per-build ssh key, the
+    list of prepared container images) is given here by the build; without
+    it (--dry-run, a preview) the plan names it with a placeholder."""
     output = Path(output) if output else default_output(profile)
     distro = DISTROS[profile.os.distro]
     elements = [distro.element, "vm", "block-device-mbr", "trove-guest"]
@@ -70,7 +75,8 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         if ds.version:
             env["TROVE_DATASTORE_VERSION"] = ds.version
         if ds.images:
-            env["TROVE_CONTAINER_IMAGES_LIST"] = IMAGES_PLACEHOLDER
+            env["TROVE_CONTAINER_IMAGES_LIST"] = str(images_list) if images_list \
+                else IMAGES_PLACEHOLDER
 
     ga = profile.guest_agent
     env["TROVE_GUEST_AGENT_INSTALL"] = ga.install
@@ -97,7 +103,7 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
     if profile.variant == "development":
         elements.append("dev-access")
         dev_key = dev_key_path(output)
-        env["TROVE_DEV_SSH_PUBKEY"] = DEV_KEY_PLACEHOLDER
+        env["TROVE_DEV_SSH_PUBKEY"] = dev_public_key or DEV_KEY_PLACEHOLDER
 
     for name in profile.elements:
         if name not in elements:

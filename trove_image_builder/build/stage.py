@@ -4,7 +4,6 @@ output path) and ``publish`` (an atomic move of the results into place).
 Whatever runs between the two (``build --verify``) sees the finished image
 before anyone else can; a staged image that is not published is removed."""
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 import datetime
 import json
@@ -40,9 +39,12 @@ def host_ca_bundle() -> Path | None:
     return None
 
 
-def plan_for(profile, output=None, extra_paths=(), known=None) -> BuildPlan:
+def plan_for(profile, output=None, extra_paths=(), known=None, **inputs) -> BuildPlan:
+    """The plan for profile; inputs: what only a started build has
+    (dev_public_key, images_list), else placeholders."""
     known = known if known is not None else elements.discover(extra_paths)
-    return make_plan(profile, output, known, extra_paths, ca_bundle=host_ca_bundle())
+    return make_plan(profile, output, known, extra_paths, ca_bundle=host_ca_bundle(),
+                     **inputs)
 
 
 def sidecars(output: Path) -> dict[str, Path]:
@@ -79,44 +81,53 @@ def staged(profile, output=None, extra_paths=(), backend_name=None):
     a Staged. On leaving, the staging folder goes, with anything that was not
     published; nothing is ever left half-written at the output path."""
     known = elements.discover(extra_paths)
-    plan = plan_for(profile, output, extra_paths, known)
-    check_inputs(plan)
+    preview = plan_for(profile, output, extra_paths, known)
+    check_inputs(preview)
     backend = backends.get(backend_name or profile.backend)
     host.require(backend.host_checks(), "build")
-    out = plan.output.resolve()
+    out = preview.output.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with terminate_as_interrupt():
-            yield _stage(plan, backend, workdir, out)
+            timings: dict = {}
+            started = time.monotonic()
+            inputs, prepared = _build_inputs(preview, workdir, timings)
+            # the plan is made once, with everything the build will use
+            plan = plan_for(profile, output, extra_paths, known, **inputs)
+            yield _stage(plan, backend, workdir, out, prepared, timings, started)
     finally:
         release_workdir(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _stage(plan: BuildPlan, backend, workdir: Path, out: Path) -> Staged:
-    profile = plan.profile
-    timings: dict = {}
-    started = time.monotonic()
-    side = sidecars(out)
-    dev_public_key = None
-    if plan.dev_key is not None:
+def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dict, list]:
+    """What the plan needs from a started build: the per-build ssh key
+    (development images) and the prepared container images."""
+    profile = preview.profile
+    inputs: dict = {}
+    prepared: list = []
+    if preview.dev_key is not None:
         with log.step("generate the per-build ssh key", timings, "ssh-key"):
             key = workdir / "id_ed25519"
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                  f"trove-image-builder {profile.name} dev key", "-f", str(key)])
-            dev_public_key = (workdir / "id_ed25519.pub").read_text().strip()
-            plan = dataclasses.replace(plan, env={**plan.env,
-                                                  "TROVE_DEV_SSH_PUBKEY": dev_public_key})
-    prepared = []
+            inputs["dev_public_key"] = (workdir / "id_ed25519.pub").read_text().strip()
     if profile.datastore is not None and profile.datastore.images:
         with log.step("prepare the preloaded container images", timings, "images"):
             prepared = images.prepare(profile.datastore.images, workdir, profile.source)
-            listed = images.write_list(prepared, workdir / "container-images.list")
-            plan = dataclasses.replace(plan, env={
-                **plan.env, "TROVE_CONTAINER_IMAGES_LIST": str(listed)})
+            inputs["images_list"] = images.write_list(prepared,
+                                                      workdir / "container-images.list")
             for p in prepared:
                 log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
+    return inputs, prepared
+
+
+def _stage(plan: BuildPlan, backend, workdir: Path, out: Path, prepared: list,
+           timings: dict, started: float) -> Staged:
+    profile = plan.profile
+    side = sidecars(out)
+    dev_public_key = plan.env.get("TROVE_DEV_SSH_PUBKEY") if plan.dev_key else None
     with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
                   timings, "backend"):
         image = backend.build(plan, workdir, cache_dir(), side["log"], timings)
