@@ -296,7 +296,7 @@ def boot(image, open_ssh, profile_ref, certs_dir, volume, sets, extra_paths):
     from .vm import boot as boot_mod
     from .plumbing.runner import run
     exp = _expectations(image, profile_ref, sets, extra_paths)
-    _injection, files = boot_mod.trove_files(exp)
+    injection, files = boot_mod.trove_files(exp)
     if certs_dir is not None:
         if not exp.cert_hook:
             raise InputError(f"--certs: {image} has no certificate hook "
@@ -307,6 +307,9 @@ def boot(image, open_ssh, profile_ref, certs_dir, volume, sets, extra_paths):
     with terminate_as_interrupt(), boot_mod.booted(Path(image), exp.guest_user, files,
                                                    volume=volume) as guest:
         click.echo(shlex.join(guest.ssh_argv()))
+        # what a controller needs to call this agent (guest_info.conf has them too)
+        click.echo(f"guest_id {injection.guest_id}; instance_rpc_encr_key "
+                   f"{injection.rpc_key}", err=True)
         if open_ssh:
             subprocess.run(guest.ssh_argv())
             return
