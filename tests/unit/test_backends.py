@@ -133,7 +133,7 @@ def test_registered_unregisters_even_on_error():
 def test_stage_builds_with_the_registered_backend(fake, known, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_stage(plan, backend, workdir, out):
+    def fake_stage(plan, backend, workdir, out, *_rest):
         seen["image"] = backend.build(plan, workdir, Path(tmp_path), workdir / "log", {})
         seen["checks"] = backend.host_checks()
         raise RuntimeError("stop here")
