@@ -111,14 +111,6 @@ class Injection:
         return files
 
 
-def parse_guest_info(text: str) -> dict[str, str]:
-    """guest_info.conf's [DEFAULT] as a dict (for checks and tests)."""
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(text)
-    return dict(parser["DEFAULT"])
-
-
 def for_image(expect, transport_url: str, **overrides) -> Injection:
     """What Trove would inject into an instance of this image (Expectations);
     overrides: any Injection field."""
