@@ -22,10 +22,20 @@ class DatastoreInfo:
     data_dir: str
     query: str
     manager: str = ""     # Trove's datastore_manager (default: the name)
+    docker_image: str = ""  # the agent's [<manager>] docker_image default (default: manager)
 
     def __post_init__(self):
         if not self.manager:
             object.__setattr__(self, "manager", self.name)
+        if not self.docker_image:
+            object.__setattr__(self, "docker_image", self.manager)
+
+    def image_ref(self, version: str | None) -> str:
+        """The container image the agent runs for version: Trove's agent
+        starts '<[manager] docker_image>:<ds_version>'
+        (trove/guestagent/datastore/mysql_common/service.py and
+        postgres/service.py, start_db)."""
+        return f"{self.docker_image}:{version or 'latest'}"
 
     def package_for(self, version: str) -> str:
         return self.package.format(version=version)
@@ -80,7 +90,7 @@ def _datastore(folder: Path) -> DatastoreInfo | None:
             name=data["name"], runtimes=tuple(data["runtimes"]),
             package=data["package"], service=data["service"],
             data_dir=data["data_dir"], query=data.get("query", ""),
-            manager=data.get("manager", ""))
+            manager=data.get("manager", ""), docker_image=data.get("docker_image", ""))
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise InputError(f"{spec}: not a valid datastore description ({exc}); "
                          "it needs name, runtimes, package, service, data_dir") from exc

@@ -47,11 +47,17 @@ def mariadb_package(images_dir) -> BuiltImage:
 
 
 @pytest.fixture(scope="session")
-def prod_mariadb_vc(images_dir) -> BuiltImage:
-    """prod-mariadb through the virt-customize backend, once per run."""
+def prod_postgresql(images_dir) -> BuiltImage:
+    """prod-postgresql through the virt-customize backend, once per run: the
+    other backend on the other shipped production profile (CI builds each
+    real image once; DIB builds prod-mariadb). With a certificate user hook
+    of an operator's own, named relative to the current folder."""
     out = images_dir / "vc"
     out.mkdir(exist_ok=True)
-    return _build(out, "prod-mariadb", "--backend", "virt-customize")
+    hook = out / "fetch-certs"
+    hook.write_text("#!/bin/sh\n# fetch from the site's store\n")
+    return _build(out, "prod-postgresql", "--backend", "virt-customize",
+                  "--set", f"certificates.user_hook={hook}")
 
 
 @pytest.fixture(scope="session")
@@ -88,37 +94,17 @@ def small_image_layout(tmp_path_factory) -> tuple[Path, Path]:
         subprocess.run(argv, check=True, capture_output=True, text=True, cwd=where)
 
     sh("umoci", "init", "--layout", str(layout))
-    sh("umoci", "new", "--image", f"{layout}:10.11")
-    sh("umoci", "unpack", "--rootless", "--image", f"{layout}:10.11", str(bundle))
+    sh("umoci", "new", "--image", f"{layout}:1.0")
+    sh("umoci", "unpack", "--rootless", "--image", f"{layout}:1.0", str(bundle))
     (bundle / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy("/bin/busybox", bundle / "rootfs" / "bin" / "busybox")
     (bundle / "rootfs" / "bin" / "sh").symlink_to("busybox")
-    sh("umoci", "repack", "--image", f"{layout}:10.11", str(bundle))
-    sh("umoci", "config", "--image", f"{layout}:10.11", "--config.cmd", "/bin/sh")
-    archive = where / "mariadb-10.11.tar"
-    sh("skopeo", "copy", "--quiet", f"oci:{layout}:10.11",
-       f"docker-archive:{archive}:mariadb:10.11")
+    sh("umoci", "repack", "--image", f"{layout}:1.0", str(bundle))
+    sh("umoci", "config", "--image", f"{layout}:1.0", "--config.cmd", "/bin/sh")
+    archive = where / "tools-1.0.tar"
+    sh("skopeo", "copy", "--quiet", f"oci:{layout}:1.0",
+       f"docker-archive:{archive}:tools:1.0")
     return layout, archive
-
-
-@pytest.fixture(scope="session")
-def prod_mariadb_preloaded(images_dir, small_image_layout) -> BuiltImage:
-    """A production profile extending prod-mariadb with one preloaded image,
-    given as an OCI layout (the build converts it), and a certificate user
-    hook of its own."""
-    layout, _archive = small_image_layout
-    profile = images_dir / "prod-mariadb-preloaded.yaml"
-    # an operator's own certificate hook, named relative to the profile
-    (images_dir / "fetch-certs").write_text("#!/bin/sh\n# fetch from the site's store\n")
-    profile.write_text(
-        "extends: prod-mariadb\n"
-        "name: prod-mariadb-preloaded\n"
-        "datastore:\n"
-        "  images:\n"
-        f"    - {{ref: 'mariadb:10.11', archive: '{layout}'}}\n"
-        "certificates:\n"
-        "  user_hook: fetch-certs\n")
-    return _build(images_dir, str(profile))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -68,24 +68,6 @@ def test_broken_image_names_the_missing_unit(prod_mariadb, tmp_path):
         f"Error: 1 check(s) failed for {broken}: offline::test_guest_agent_unit")
 
 
-def test_booted_contract_production_image(prod_mariadb, tmp_path):
-    junit = tmp_path / "booted.xml"
-    proc = cli("verify", str(prod_mariadb.path), "--contract", "--junit", str(junit),
-               timeout=2400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    for check in ("booted::test_cloud_init_finished_without_errors",
-                  "booted::test_trove_files_injected",
-                  "booted::test_container_engine_active",
-                  "booted::test_certificate_hook_ran",
-                  "booted::test_guest_agent_active",
-                  "booted::test_contract_rpc_ping"):
-        assert f"PASS prod-mariadb.qcow2: {check}" in proc.stderr, proc.stderr[-4000:]
-    cases = _junit_cases(junit)
-    assert "test_contract_rpc_ping" in cases
-    assert cases["test_contract_rpc_ping"].find("failure") is None
-    print("booted verify seconds:", json.loads(proc.stdout)["seconds"])
-
-
 def test_package_runtime_image_passes_the_offline_checks(mariadb_package):
     """Offline only: the booted checks of the package runtime (service
     running, query answered) run once per CI run, on the user datastore

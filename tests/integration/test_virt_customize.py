@@ -1,5 +1,7 @@
-"""The virt-customize backend for real: the same profile as the DIB build,
-the same checks, comparable manifests."""
+"""The virt-customize backend for real. CI builds each real image once: DIB
+makes prod-mariadb, virt-customize makes prod-postgresql; both pass the same
+checks (offline here, booted with Trove's prepare in test_prepare.py), and
+the guests they make share everything but the datastore."""
 import json
 
 import pytest
@@ -13,12 +15,15 @@ KEY_UNITS = ("guest-agent.service", "docker.service", "containerd.service",
              "cloud-config.service", "cloud-final.service")
 
 
-def test_both_backends_give_the_same_guest(prod_mariadb, prod_mariadb_vc):
-    dib, vc = prod_mariadb.manifest, prod_mariadb_vc.manifest
+def test_both_backends_give_the_same_guest(prod_mariadb, prod_postgresql):
+    dib, vc = prod_mariadb.manifest, prod_postgresql.manifest
     assert vc["backend"] == "virt-customize" and dib["backend"] == "dib"
     assert vc["guest_agent"]["version"] == dib["guest_agent"]["version"] == "26.0.0"
-    assert vc["datastore"]["name"] == dib["datastore"]["name"]
+    assert vc["guest_agent"]["python_packages"] == dib["guest_agent"]["python_packages"]
+    assert vc["os"]["os_release"] == dib["os"]["os_release"]
+    # the same engine on the host OS; the datastore in its own container image
     assert vc["datastore"]["package_version"] == dib["datastore"]["package_version"]
+    assert vc["datastore"]["image"] == {"ref": "postgres:17", "source": "built"}
     for unit in KEY_UNITS:
         assert (unit in vc["services_enabled"]) == (unit in dib["services_enabled"]), unit
     only_dib = sorted(set(dib["services_enabled"]) - set(vc["services_enabled"]))
@@ -29,10 +34,13 @@ def test_both_backends_give_the_same_guest(prod_mariadb, prod_mariadb_vc):
     assert not only_dib and not only_vc
 
 
-def test_offline_verify_virt_customize_image(prod_mariadb_vc):
-    proc = cli("verify", str(prod_mariadb_vc.path))
+def test_offline_verify_virt_customize_image(prod_postgresql):
+    proc = cli("verify", str(prod_postgresql.path))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["failed"] == []
+    # the operator's certificate hook went in (--set certificates.user_hook)
+    assert prod_postgresql.manifest["certificates"]["user_hook"] is True
+    assert f"PASS {prod_postgresql.path.name}: offline::test_certificate_hook" in proc.stderr
 
 
 def test_root_d_element_is_refused(tmp_path):

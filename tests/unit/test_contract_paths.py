@@ -29,7 +29,8 @@ def test_the_file_parses_into_every_path():
     assert set(paths.variables()) == {
         "TROVE_PATH_CONF", "TROVE_PATH_INJECTED", "TROVE_PATH_CERTS", "TROVE_PATH_STATE",
         "TROVE_PATH_LOG", "TROVE_PATH_AGENT_VENV", "TROVE_UNIT_AGENT",
-        "TROVE_PATH_CERT_STAGING", "TROVE_PATH_IMAGES", "TROVE_PATH_DEV_MARKER"}
+        "TROVE_PATH_CERT_STAGING", "TROVE_PATH_IMAGES", "TROVE_PATH_DEV_MARKER",
+        "TROVE_PATH_AGENT_STATE"}
 
 
 @pytest.mark.parametrize("text, error", [

@@ -2,7 +2,7 @@
 turned into a docker-archive when it is an OCI layout (skopeo), and
 described by its reference and image ID (the digest of its config), which
 is what the engine in the guest reports after loading it."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import json
 from pathlib import Path
 import tarfile
@@ -19,10 +19,16 @@ class PreparedImage:
     image_id: str          # sha256:<config digest>
     archive_sha256: str
     size_bytes: int
+    # the exact package versions inside, for an image built here
+    packages: dict | None = field(default=None, compare=False)
 
     def manifest_entry(self) -> dict:
-        return {"ref": self.ref, "image_id": self.image_id,
-                "archive_sha256": self.archive_sha256, "size_bytes": self.size_bytes}
+        entry = {"ref": self.ref, "image_id": self.image_id,
+                 "archive_sha256": self.archive_sha256, "size_bytes": self.size_bytes,
+                 "source": "archive" if self.packages is None else "built"}
+        if self.packages is not None:
+            entry["packages"] = dict(sorted(self.packages.items()))
+        return entry
 
 
 def docker_archive_id(path: Path) -> str:

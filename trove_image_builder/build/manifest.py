@@ -85,6 +85,9 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
             "name": prof.datastore.name, "manager": info.manager,
             "version": prof.datastore.version,
             "runtime": prof.datastore.runtime, "package": package,
+            # the container image the agent runs at prepare, and where it came from
+            "image": {"ref": info.image_ref(prof.datastore.version),
+                      "source": prof.datastore.image} if container else None,
             "package_version": installed,
             "upstream_version": upstream_version(installed) if installed else None,
             "service": "docker" if container else info.service,

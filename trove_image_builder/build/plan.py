@@ -25,6 +25,9 @@ class BuildPlan:
     dev_key: Path | None = None
     # the datastore element's description (shipped or from --elements-path)
     datastore_info: DatastoreInfo | None = None
+    # the container image the agent runs, when this build makes it
+    # (datastore.image: built), e.g. mariadb:11.8
+    datastore_image: str | None = None
 
     @property
     def size_gib(self) -> str:
@@ -64,7 +67,7 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
     env["TROVE_GUEST_USER"] = profile.guest_user
 
     ds = profile.datastore
-    info = None
+    info = datastore_image = None
     if ds is not None:
         element = datastores(known)[ds.name]
         info = element.datastore
@@ -74,7 +77,9 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         env["TROVE_DATASTORE_RUNTIME"] = ds.runtime
         if ds.version:
             env["TROVE_DATASTORE_VERSION"] = ds.version
-        if ds.images:
+        if ds.image == "built":
+            datastore_image = info.image_ref(ds.version)
+        if ds.images or datastore_image:
             env["TROVE_CONTAINER_IMAGES_LIST"] = str(images_list) if images_list \
                 else IMAGES_PLACEHOLDER
 
@@ -114,7 +119,7 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         packages=profile.packages,
         elements_path=tuple(str(p) for p, origin in search_path(extra_paths)
                             if origin != "dib"),
-        output=output, dev_key=dev_key, datastore_info=info)
+        output=output, dev_key=dev_key, datastore_info=info, datastore_image=datastore_image)
 
 
 def check_inputs(plan: BuildPlan) -> None:
@@ -129,6 +134,15 @@ def check_inputs(plan: BuildPlan) -> None:
         raise InputError(
             f"{plan.profile.source}: certificates.user_hook: {hook} is not a file; "
             "give the path of your script, relative to the profile")
+    if plan.datastore_image:
+        from .datastore_image import known
+        if plan.datastore_image not in known():
+            raise InputError(
+                f"{plan.profile.source}: datastore.image: built: no recipe here for "
+                f"{plan.datastore_image} (the image Trove's agent runs for datastore "
+                f"version {plan.profile.datastore.version}); buildable: "
+                f"{', '.join(known())}; or set datastore.image: archive (with the archive "
+                "in datastore.images) or pull")
     fmt = plan.profile.image.format
     if plan.output.suffix != f".{fmt}":
         raise InputError(f"-o {plan.output}: the image format is {fmt}; "

@@ -113,13 +113,24 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                  f"trove-image-builder {profile.name} dev key", "-f", str(key)])
             inputs["dev_public_key"] = (workdir / "id_ed25519.pub").read_text().strip()
+    if preview.datastore_image:
+        from . import datastore_image
+        with log.step(f"the datastore image {preview.datastore_image} (built here, "
+                      "or from the cache)", timings, "datastore-image"):
+            # Debian packages: from the profile's Debian mirror, if it has one
+            mirror = {"mirror": profile.os.mirror} if profile.os.distro == "debian" \
+                and profile.os.mirror else {}
+            made = datastore_image.build(preview.datastore_image, **mirror)
+            prepared.append(images.PreparedImage(
+                made.ref, made.archive, made.image_id, sha256_of(made.archive),
+                made.size_bytes, packages=made.packages))
     if profile.datastore is not None and profile.datastore.images:
         with log.step("prepare the preloaded container images", timings, "images"):
-            prepared = images.prepare(profile.datastore.images, workdir, profile.source)
-            inputs["images_list"] = images.write_list(prepared,
-                                                      workdir / "container-images.list")
-            for p in prepared:
-                log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
+            prepared += images.prepare(profile.datastore.images, workdir, profile.source)
+    if prepared:
+        inputs["images_list"] = images.write_list(prepared, workdir / "container-images.list")
+        for p in prepared:
+            log.info(f"{p.ref}: {p.image_id} ({p.size_bytes} bytes)")
     return inputs, prepared
 
 

@@ -30,6 +30,8 @@ class InImagePaths:
     cert_staging: str         # where the certificate hook takes delivered files from
     images: str               # preloaded container image archives
     dev_marker: str           # development images only
+    agent_state: str          # the agent's own folder: its prepare markers, written
+                              # without sudo (trove/guestagent/datastore/service.py)
 
     @property
     def guest_info(self) -> str:

@@ -63,12 +63,31 @@ class ContainerImage:
                            "relative to the profile that names it", required=True, path=True)
 
 
+def _default_image_source(s) -> str | None:
+    return "built" if s["datastore.runtime"] == "container" else None
+
+
+# Where the datastore's own container image (the one Trove's agent runs at
+# prepare) comes from.
+IMAGE_SOURCES = {
+    "built": "made here from Debian packages and preloaded (datastore-image build)",
+    "archive": "preloaded from an archive given in datastore.images",
+    "pull": "not preloaded: the agent pulls it from a registry at prepare",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatastoreSpec:
     name: str = setting("datastore element (a folder with datastore.yaml)", required=True)
     version: str | None = setting("datastore version")
     runtime: str = setting("how the datastore runs in the guest", default="package",
                            choices=("package", "container"))
+    image: str | None = setting(
+        "where the container image the agent runs (<docker_image>:<version>) comes "
+        "from: " + "; ".join(f"{k}: {v}" for k, v in IMAGE_SOURCES.items()) +
+        "; default: built for runtime: container",
+        choices=tuple(IMAGE_SOURCES), default_factory=_default_image_source,
+        default_factory_depends=("datastore.runtime",))
     images: tuple = section(ContainerImage, many=True)
 
 
@@ -218,6 +237,9 @@ def validate(p: Profile, provenance: dict, leaf: str, known_elements=None) -> No
     ds = p.datastore
     if ds is not None and ds.images and ds.runtime != "container":
         err("datastore.images", "preloaded images need runtime: container")
+    if ds is not None and ds.image and ds.runtime != "container":
+        err("datastore.image", f"'{ds.image}' is for runtime: container; leave it out "
+            "for runtime: package")
     if ds is not None and ds.runtime == "package" and \
             ga.install == "release" and _major(ga.version) >= FIRST_CONTAINER_AGENT:
         err("datastore.runtime", f"the Trove {ga.version} guest agent runs its datastore "
@@ -233,6 +255,15 @@ def validate(p: Profile, provenance: dict, leaf: str, known_elements=None) -> No
         if ds.runtime not in info.runtimes:
             err("datastore.runtime", f"'{ds.runtime}' is not supported by the "
                 f"{ds.name} element; it supports: {', '.join(info.runtimes)}")
+        ref = info.image_ref(ds.version)
+        given = [i.ref for i in ds.images]
+        if ds.image == "archive" and ref not in given:
+            err("datastore.image", f"archive: datastore.images has no entry for {ref}, "
+                "the image Trove's agent will run (<docker_image>:<datastore version>); "
+                f"add {{ref: '{ref}', archive: FILE}} there")
+        if ds.image in ("built", "pull") and ref in given:
+            err("datastore.image", f"{ds.image}: {ref} is also given in datastore.images; "
+                "set datastore.image: archive to preload that archive instead")
     if known_elements is not None:
         for name in p.elements:
             if name not in known_elements:

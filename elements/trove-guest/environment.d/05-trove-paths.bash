@@ -11,3 +11,4 @@ export TROVE_UNIT_AGENT=guest-agent.service
 export TROVE_PATH_CERT_STAGING=/var/lib/trove-certs/incoming
 export TROVE_PATH_IMAGES=/var/lib/trove-images
 export TROVE_PATH_DEV_MARKER=/etc/trove/DEVELOPMENT-IMAGE
+export TROVE_PATH_AGENT_STATE=/opt/trove-guestagent

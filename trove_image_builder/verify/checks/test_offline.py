@@ -120,6 +120,33 @@ def test_trove_directories(host, expect, name):
     assert folder.user == expect.guest_user, f"{path} is owned by {folder.user}"
 
 
+def test_agent_state_folder(host, expect):
+    """The agent marks prepare's start and end in its own folder with plain
+    writes, as the guest user (trove/guestagent/datastore/service.py,
+    BaseDbStatus.GUESTAGENT_DIR); a new image has no marker there (the end
+    marker tells the agent prepare is done)."""
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    path = expect.paths.agent_state
+    folder = host.file(path)
+    assert folder.is_directory, f"{path} is missing: the agent cannot begin a prepare"
+    assert folder.user == expect.guest_user and folder.mode & 0o200, \
+        f"{path} is owned by {folder.user} (mode {oct(folder.mode)}); " \
+        f"the agent writes there as {expect.guest_user}"
+    for marker in (".guestagent.prepare.start", ".guestagent.prepare.end"):
+        assert not host.file(f"{path}/{marker}").exists, f"a new image has {path}/{marker}"
+
+
+def test_guest_user_home(host, expect):
+    """Modules given at prepare go to ~/modules of the agent's user, written
+    without sudo (trove/guestagent/module/module_manager.py, MODULE_BASE_DIR)."""
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    home = host.file(host.user(expect.guest_user).home)
+    assert home.is_directory and home.user == expect.guest_user, \
+        f"{expect.guest_user}'s home {home.path} is missing or not theirs"
+
+
 def test_cloud_init_datasources(host):
     found = host.check_output("cat /etc/cloud/cloud.cfg.d/*.cfg")
     lines = [ln for ln in found.splitlines() if ln.startswith("datasource_list")]
