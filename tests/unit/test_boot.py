@@ -222,7 +222,7 @@ def test_trove_files_guest_info_has_every_key_trove_writes(prod_expect):
                           "network_isolation", "instance_rpc_encr_key"]
     assert info["guest_id"] == injection.guest_id
     assert info["datastore_manager"] == "mariadb"
-    assert info["datastore_version"] == "10.11"
+    assert info["datastore_version"] == "11.8"
     assert info["datastore_registry_ext"] == \
         "mariadb:trove.guestagent.datastore.mariadb.manager.Manager"
     assert info["replication_strategy"] == \

@@ -69,8 +69,8 @@ def test_profiles_show_with_set():
     assert out[1] == f"# digest: {expected.digest()}"
     shown = yaml.safe_load(result.stdout)
     assert shown["image"]["size"] == "6G"
-    assert shown["datastore"] == {"name": "mariadb", "version": "10.11", "runtime": "container",
-                                  "images": []}
+    assert shown["datastore"] == {"name": "mariadb", "version": "11.8", "runtime": "container",
+                                  "image": "built", "images": []}
     assert shown == expected.to_dict()
 
 

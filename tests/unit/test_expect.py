@@ -42,7 +42,7 @@ def test_load_from_the_contract(image):
     assert exp.engine_package == "docker.io"
     assert exp.datastore_package is None
     assert exp.server_package == "mariadb-server"
-    assert exp.datastore_version == "10.11"
+    assert exp.datastore_version == "11.8"
     assert "SELECT VERSION()" in exp.datastore_query
     assert (exp.agent_install, exp.agent_version) == ("release", "26.0.0")
     assert exp.production is True

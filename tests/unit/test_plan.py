@@ -52,7 +52,7 @@ def test_prod_mariadb_env(plan_of):
     assert env["DIB_RELEASE"] == "bookworm"
     assert env["TROVE_GUEST_AGENT_VERSION"] == "26.0.0"
     assert env["TROVE_GUEST_AGENT_INSTALL"] == "release"
-    assert env["TROVE_DATASTORE_VERSION"] == "10.11"
+    assert env["TROVE_DATASTORE_VERSION"] == "11.8"
     assert env["TROVE_DATASTORE_RUNTIME"] == "container"
     assert env["TROVE_GUEST_USER"] == "trove"
     assert env["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"

@@ -53,7 +53,7 @@ def test_extends_a_shipped_profile_by_name(write, known):
     assert p.name == "child"
     assert p.image.size == "6G"
     # from prod-mariadb
-    assert p.datastore.name == "mariadb" and p.datastore.version == "10.11"
+    assert p.datastore.name == "mariadb" and p.datastore.version == "11.8"
     assert p.guest_agent.install == "release" and p.guest_agent.version == "26.0.0"
     # from base-debian, two levels up
     assert p.os.mirror == "http://deb.debian.org/debian"
@@ -645,8 +645,8 @@ def test_dev_profiles_take_the_trove_checkout_from_set(name, known, shipped_prof
 
 
 def test_shipped_datastore_versions(known):
-    assert profiles.load("prod-mariadb", known_elements=known).datastore.version == "10.11"
-    assert profiles.load("prod-postgresql", known_elements=known).datastore.version == "15"
+    assert profiles.load("prod-mariadb", known_elements=known).datastore.version == "11.8"
+    assert profiles.load("prod-postgresql", known_elements=known).datastore.version == "17"
 
 
 # --------------------------------------------------------------------------
