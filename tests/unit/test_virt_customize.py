@@ -225,12 +225,19 @@ class FakeGuestFS:
 @pytest.fixture
 def plan_of(known, monkeypatch):
     """plan_of(name, sets) -> the BuildPlan the CLI makes, without the build
-    host's CA bundle (unless a test sets TROVE_IMAGE_BUILDER_CA_BUNDLE)."""
+    host's CA bundle (unless a test sets TROVE_IMAGE_BUILDER_CA_BUNDLE).
+    A container datastore is pulled at prepare (datastore.image: pull) unless
+    a test sets another source: a plan with preloaded images names their list
+    with a placeholder that only a started build replaces."""
     for var in ("TROVE_IMAGE_BUILDER_CA_BUNDLE", "PIP_CERT", "REQUESTS_CA_BUNDLE"):
         monkeypatch.delenv(var, raising=False)
 
     def _plan(name="prod-mariadb", sets=()):
-        return build_mod.plan_for(profiles.load(name, sets, known_elements=known))
+        prof = profiles.load(name, sets, known_elements=known)
+        if prof.datastore and prof.datastore.runtime == "container" and \
+                not any(s.startswith("datastore.image=") for s in sets):
+            prof = profiles.load(name, [*sets, "datastore.image=pull"], known_elements=known)
+        return build_mod.plan_for(prof)
     return _plan
 
 
