@@ -122,3 +122,17 @@ def redis_package(images_dir) -> BuiltImage:
     built with the package runtime, agentless."""
     return _build(images_dir, str(USER_DATA / "redis-package.yaml"),
                   "--elements-path", str(USER_DATA / "elements"))
+
+
+# Cheap checks first (seconds: a broker, loop devices, the datastore
+# images), then the image builds with their offline checks, then the boots.
+ORDER = ("test_rabbit_tls", "test_trove_certs_volume", "test_datastore_images",
+         "test_build", "test_verify", "test_container_runtime", "test_virt_customize",
+         "test_user_datastore", "test_prepare", "test_certificates")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return ORDER.index(name) if name in ORDER else len(ORDER)
+    items.sort(key=rank)      # stable: the order inside a file stays
