@@ -30,8 +30,10 @@ class InImagePaths:
     cert_staging: str         # where the certificate hook takes delivered files from
     images: str               # preloaded container image archives
     dev_marker: str           # development images only
-    agent_state: str          # the agent's own folder: its prepare markers, written
-                              # without sudo (trove/guestagent/datastore/service.py)
+    # the agent's own folder: its prepare markers, written without sudo
+    # (trove/guestagent/datastore/service.py, BaseDbStatus.GUESTAGENT_DIR)
+    # (None in the manifests of images built before it was named here)
+    agent_state: str | None = None
 
     @property
     def guest_info(self) -> str:
@@ -47,10 +49,16 @@ class InImagePaths:
     @classmethod
     def from_dict(cls, data: dict, where: str) -> "InImagePaths":
         names = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
+        required = names - ADDED_LATER
+        if not isinstance(data, dict) or not required <= set(data) <= names:
             raise InputError(f"{where}: contract.paths must name exactly: "
                              f"{', '.join(sorted(names))}")
         return cls(**{k: str(v) for k, v in data.items()})
+
+
+# Paths named after images were first built with a contract section: an
+# older image's manifest lacks them, and the checks of what they name skip.
+ADDED_LATER = {"agent_state"}
 
 
 def _variable(field_name: str) -> str:

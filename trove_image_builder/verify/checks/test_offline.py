@@ -128,6 +128,8 @@ def test_agent_state_folder(host, expect):
     if expect.agent_install == "none":
         pytest.skip("agentless image")
     path = expect.paths.agent_state
+    if path is None:
+        pytest.skip("the image's manifest predates the agent's state folder in the contract")
     folder = host.file(path)
     assert folder.is_directory, f"{path} is missing: the agent cannot begin a prepare"
     assert folder.user == expect.guest_user and folder.mode & 0o200, \
