@@ -2,13 +2,14 @@
 import json
 from pathlib import Path
 import shlex
+import shutil
 import sys
 
 import click
 import yaml
 
 from . import __version__, elements, profile as profiles
-from .build import backends, stage as build_mod
+from .build import backends, datastore_image, stage as build_mod
 from .plumbing import host, log
 from .plumbing.cleanup import terminate_as_interrupt
 from .errors import ExitCode, InputError, TroveImageBuilderError, VerifyError
@@ -137,6 +138,66 @@ def elements_list(show_all, extra_paths):
         click.echo(f"{el.name:20} {el.description}{tag}{origin}")
 
 
+@main.group("datastore-image")
+def datastore_image_group():
+    """Build the datastore container images the agent runs, from Debian packages."""
+
+
+@datastore_image_group.command("list")
+def datastore_image_list():
+    """List the images that can be built, and whether each is in the cache.
+
+    \b
+    Example:
+      trove-image-builder datastore-image list
+    """
+    for ref in datastore_image.known():
+        found = datastore_image.cached(ref)
+        state = (f"cached  {found.image_id[:19]}  {found.archive}" if found
+                 else "not cached")
+        click.echo(f"{ref:16} {state}")
+
+
+@datastore_image_group.command("build")
+@click.argument("ref")
+@click.option("--mirror", default=datastore_image.DEFAULT_MIRROR, show_default=True,
+              help="The Debian mirror to take trixie and trixie-updates from.")
+@click.option("--security-mirror", default=datastore_image.DEFAULT_SECURITY_MIRROR,
+              show_default=True,
+              help="Where trixie-security comes from; an empty value leaves it out.")
+@click.option("--rebuild", is_flag=True, help="Build even when the cache has the image.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Also copy the docker-archive to this path.")
+def datastore_image_build(ref, mirror, security_mirror, rebuild, output):
+    """Build REF (mariadb:11.8 or postgres:17) as a docker-archive, or take it
+    from the cache; print a JSON summary.
+
+    \b
+    Examples:
+      trove-image-builder datastore-image build mariadb:11.8
+      trove-image-builder datastore-image build postgres:17 -o postgres-17.tar
+      trove-image-builder datastore-image build mariadb:11.8 --rebuild --mirror http://m/debian
+    """
+    with terminate_as_interrupt():
+        image = datastore_image.build(ref, mirror=mirror, security_mirror=security_mirror or None,
+                                      rebuild=rebuild)
+        if output is not None:
+            partial = output.with_name(f".{output.name}.partial")
+            try:
+                shutil.copyfile(image.archive, partial)
+                partial.replace(output)
+            finally:
+                partial.unlink(missing_ok=True)
+    server = datastore_image.recipe(ref).server_package
+    summary = {"ref": image.ref, "image_id": image.image_id, "archive": str(image.archive),
+               "size_bytes": image.size_bytes, "packages": len(image.packages),
+               "server_package": server, "server_version": image.packages.get(server),
+               "inputs_hash": image.inputs_hash}
+    if output is not None:
+        summary["output"] = str(output.resolve())
+    click.echo(json.dumps(summary, indent=2))
+
+
 @main.command("check")
 @click.option("--backend", type=click.Choice(backends.names()), default="dib",
               show_default=True, help="Backend to check for.")
@@ -239,25 +300,33 @@ def _expectations(image, profile_ref, sets, extra_paths):
 @click.option("--contract", is_flag=True,
               help="Boot, and call the guest agent over a real RabbitMQ as Trove does "
                    "(implies --boot).")
+@click.option("--prepare", is_flag=True,
+              help="Also send Trove's prepare and wait for 'healthy', create a database "
+                   "and a user through the agent, query it from the host (implies "
+                   "--contract; the datastore from the manifest).")
 @click.option("--profile", "profile_ref", help="The profile the image was built from "
               "(default: from IMAGE.manifest.json).")
 @click.option("--junit", type=click.Path(), help="Write a JUnit XML report here.")
 @set_option
 @elements_path_option
-def verify(image, boot, contract, profile_ref, junit, sets, extra_paths):
+def verify(image, boot, contract, prepare, profile_ref, junit, sets, extra_paths):
     """Check IMAGE: offline (mounted read-only), and booted with --boot.
 
     \b
     Examples:
       trove-image-builder verify out/prod-mariadb.qcow2
       trove-image-builder verify out/prod-mariadb.qcow2 --contract --junit report.xml
+      trove-image-builder verify out/prod-postgresql.qcow2 --prepare
       trove-image-builder verify out/x.qcow2 --profile ./mine.yaml --elements-path ./mine
     """
     from .verify import runner as verify_mod
     exp = _expectations(image, profile_ref, sets, extra_paths)
+    if prepare:
+        from .verify.booted import check_prepare
+        check_prepare(exp, image)
     with terminate_as_interrupt():
-        report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract,
-                                   junit=Path(junit) if junit else None)
+        report = verify_mod.verify(Path(image), exp, boot=boot, contract=contract or prepare,
+                                   junit=Path(junit) if junit else None, prepare=prepare)
     passed = sum(1 for o in report.outcomes if o.passed)
     skipped = sum(1 for o in report.outcomes if o.skipped)
     click.echo(json.dumps({"image": str(image), "passed": passed, "skipped": skipped,

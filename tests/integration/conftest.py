@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.helpers.cli import cli
+from trove_image_builder.build import datastore_image
 
 
 class BuiltImage:
@@ -105,6 +106,19 @@ def small_image_layout(tmp_path_factory) -> tuple[Path, Path]:
     sh("skopeo", "copy", "--quiet", f"oci:{layout}:1.0",
        f"docker-archive:{archive}:tools:1.0")
     return layout, archive
+
+
+@pytest.fixture(scope="session")
+def mariadb_image():
+    """mariadb:11.8 built from Debian trixie packages, in the default cache
+    (so that a guest image build later in the run reuses it)."""
+    return datastore_image.build("mariadb:11.8")
+
+
+@pytest.fixture(scope="session")
+def postgres_image():
+    """postgres:17 built from Debian trixie packages, in the default cache."""
+    return datastore_image.build("postgres:17")
 
 
 @pytest.fixture(scope="session", autouse=True)

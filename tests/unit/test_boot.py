@@ -93,6 +93,18 @@ def test_qemu_argv_guest_forward_without_socat_found_names_socat(tmp_path, fake_
     assert "-cmd:socat - TCP:127.0.0.1:1" in netdev
 
 
+def test_qemu_argv_host_forwards_to_guest_ports_from_loopback_only(tmp_path):
+    argv = boot.qemu_argv(tmp_path / "o", tmp_path / "v", tmp_path / "d", 2222,
+                          tmp_path / "c", "tcg", host_forwards=((3306, 40306), (5432, 40432)))
+    (netdev,) = option(argv, "-netdev")
+    parts = netdev.split(",")
+    assert "restrict=on" in parts
+    assert [p for p in parts if p.startswith("hostfwd=")] == [
+        "hostfwd=tcp:127.0.0.1:2222-:22", "hostfwd=tcp:127.0.0.1:40306-:3306",
+        "hostfwd=tcp:127.0.0.1:40432-:5432"]
+    assert option(argv, "-m") == [str(boot.GUEST_MEMORY_MB)] == ["2048"]
+
+
 def test_qemu_argv_tcg_uses_cpu_max(tmp_path):
     argv = argv_for(tmp_path, accel="tcg")
     assert argv[0] == "qemu-system-x86_64"
@@ -450,12 +462,14 @@ def fake_boot(monkeypatch, guest):
     class Fake:
         raises = None
         booted_args = None
+        booted_kwargs = None
         run_checks_args = None
     fake = Fake()
 
     @contextlib.contextmanager
     def booted(image, user, files=None, guest_forwards=(), **kwargs):
         fake.booted_args = (image, user, files, guest_forwards)
+        fake.booted_kwargs = kwargs
         if fake.raises is not None:
             raise fake.raises
         guest.boot_seconds = 12.5
@@ -487,6 +501,47 @@ def test_booted_checks_wires_the_guest_to_the_checks(fake_boot, prod_expect, gue
     assert info["guest_id"] == booted["guest_id"]
     assert report.seconds["boot"] == 12.5
     assert "booted" in report.seconds
+
+
+def test_booted_checks_with_prepare_forwards_the_datastore_port(fake_boot, prod_expect,
+                                                                monkeypatch):
+    monkeypatch.setattr(host, "which", lambda tool: f"/opt/fake/{tool}")
+    monkeypatch.setattr(host, "accelerator", lambda: "tcg")
+
+    class Broker:
+        port = 35672
+        url = "rabbit://guest:guest@127.0.0.1:35672/"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    from trove_image_builder.vm import rabbit
+    monkeypatch.setattr(rabbit, "LocalRabbit", Broker)
+    report = verify.Report("/images/x.qcow2")
+    booted_mod.booted_checks(Path("/images/x.qcow2"), prod_expect, report, prepare=True)
+    _, _, _, forwards = fake_boot.booted_args
+    assert forwards == ((5672, 35672),)                     # prepare implies the contract
+    assert fake_boot.booted_kwargs["host_forwards"] == (3306,)  # Trove's [mariadb] tcp_ports
+    booted = fake_boot.run_checks_args[4]["booted"]
+    assert (booted["prepare"], booted["contract"]) == (True, True)
+    assert booted["tenant_id"] == "trove-image-builder"
+    assert booted["seconds"] is report.seconds     # where the check puts its timings
+    # under TCG the agent waits for its datastore as long as the controller does
+    agent_conf = parse(fake_boot.booted_args[2]["/etc/trove/conf.d/trove-guestagent.conf"])
+    assert agent_conf["DEFAULT"]["state_change_wait_time"] == "900"
+    info = parse(fake_boot.booted_args[2]["/etc/trove/conf.d/guest_info.conf"])["DEFAULT"]
+    assert info["tenant_id"] == booted["tenant_id"]
+    assert info["instance_rpc_encr_key"] == booted["rpc_key"]
+
+
+def test_booted_checks_without_prepare_forward_no_datastore_port(fake_boot, prod_expect):
+    booted_mod.booted_checks(Path("/images/x.qcow2"), prod_expect, verify.Report("x"))
+    assert fake_boot.booted_kwargs["host_forwards"] == ()
+    assert fake_boot.run_checks_args[4]["booted"]["prepare"] is False
+    agent_conf = parse(fake_boot.booted_args[2]["/etc/trove/conf.d/trove-guestagent.conf"])
+    assert "state_change_wait_time" not in agent_conf["DEFAULT"]
 
 
 def test_booted_checks_turns_a_build_error_into_a_verify_error(fake_boot, prod_expect):

@@ -38,9 +38,9 @@ def fake_verify(monkeypatch):
     """verify_mod.verify records its call and returns fake_verify.outcomes."""
     calls = []
 
-    def verify(image, exp, boot=False, contract=False, junit=None):
+    def verify(image, exp, boot=False, contract=False, junit=None, prepare=False):
         calls.append({"image": image, "expect": exp, "boot": boot, "contract": contract,
-                      "junit": junit})
+                      "junit": junit, "prepare": prepare})
         report = verify_mod.Report(str(image), list(verify.outcomes), {"offline": 1.5})
         return report
     verify.outcomes = [verify_mod.Outcome("offline::test_os_release", True),
@@ -105,7 +105,50 @@ def test_verify_passes_boot_contract_junit_and_profile(image, fake_verify, tmp_p
     assert result.exit_code == 0, result.output
     (call,) = fake_verify.calls
     assert (call["boot"], call["contract"], call["junit"]) == (True, True, tmp_path / "r.xml")
-    assert call["expect"].server_package == "postgresql-15"
+    assert call["expect"].server_package == "postgresql-17"
+
+
+def test_verify_prepare_implies_the_contract_test(image, manifest, fake_verify):
+    manifest("prod-mariadb")
+    result = run("verify", str(image), "--prepare")
+    assert result.exit_code == 0, result.output
+    (call,) = fake_verify.calls
+    assert (call["prepare"], call["contract"], call["boot"]) == (True, True, False)
+    assert call["expect"].datastore_manager == "mariadb"
+
+
+def test_verify_without_prepare_does_not_prepare(image, manifest, fake_verify):
+    manifest("prod-mariadb")
+    assert run("verify", str(image), "--contract").exit_code == 0
+    assert fake_verify.calls[0]["prepare"] is False
+
+
+def test_verify_prepare_refuses_an_agentless_image(image, manifest, fake_verify):
+    manifest("mariadb-package")
+    assert_error(run("verify", str(image), "--prepare"),
+                 f"--prepare: {image} is agentless (no guest agent to prepare it)")
+    assert fake_verify.calls == []
+
+
+def test_verify_prepare_refuses_a_datastore_from_os_packages(image, fake_verify):
+    written = manifests.manifest("prod-mariadb")
+    written["contract"]["datastore_runtime"] = "package"
+    expect_mod.manifest_path(image).write_text(json.dumps(written))
+    assert_error(run("verify", str(image), "--prepare"),
+                 f"--prepare: {image} has no datastore in a container (runtime: package); "
+                 "the agent prepares only those")
+    assert fake_verify.calls == []
+
+
+def test_verify_prepare_refuses_a_manager_trove_does_not_drive(image, fake_verify):
+    written = manifests.manifest("prod-mariadb")
+    written["contract"]["datastore_manager"] = "nosuch"
+    expect_mod.manifest_path(image).write_text(json.dumps(written))
+    result = run("verify", str(image), "--prepare")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"Error: --prepare: {image}: Trove ")
+    assert result.stderr.endswith(" has no datastore manager 'nosuch'\n")
+    assert fake_verify.calls == []
 
 
 def test_verify_passes_sets_with_the_profile(image, fake_verify):
@@ -149,7 +192,7 @@ def test_verify_help():
     assert result.exit_code == 0, result.output
     assert "Usage: main verify [OPTIONS] IMAGE" in result.stdout
     assert "Check IMAGE: offline (mounted read-only), and booted with --boot." in result.stdout
-    for opt in ("--boot", "--contract", "--profile", "--junit", "--set"):
+    for opt in ("--boot", "--contract", "--prepare", "--profile", "--junit", "--set"):
         assert opt in result.stdout
 
 

@@ -379,8 +379,10 @@ def fake_booted(monkeypatch):
     from trove_image_builder.verify import booted as boot
     calls = []
 
-    def booted_checks(image, exp, report, contract=False, junit=None):
+    def booted_checks(image, exp, report, contract=False, junit=None, prepare=False):
         calls.append({"image": image, "contract": contract, "junit": junit})
+        if prepare:
+            calls[-1]["prepare"] = True
         report.outcomes.append(verify.Outcome("booted::test_fake", False, False, "no"))
         if junit is not None:
             write_suite(junit, ["test_fake"], failing=["test_fake"])
@@ -402,6 +404,21 @@ def test_verify_boot_and_contract(image, prod_expect, fake_checks, fake_booted, 
     report = verify.verify(image, prod_expect, boot=boot, contract=contract)
     assert fake_booted == [{"image": image.resolve(), "contract": contract, "junit": None}]
     assert [o.check for o in report.failed] == ["booted::test_fake"]
+
+
+def test_verify_prepare_boots_for_it(image, prod_expect, fake_checks, fake_booted):
+    verify.verify(image, prod_expect, prepare=True)
+    assert fake_booted == [{"image": image.resolve(), "contract": False, "junit": None,
+                            "prepare": True}]
+
+
+def test_verify_prepare_refuses_an_agentless_image_before_any_check(
+        image, fake_checks, fake_booted):
+    from trove_image_builder.errors import InputError
+    agentless = manifests.contract("mariadb-package", image=str(image))
+    with pytest.raises(InputError, match="is agentless"):
+        verify.verify(image, agentless, prepare=True)
+    assert fake_checks.calls == [] and fake_booted == []
 
 
 def test_verify_junit_has_a_suite_per_stage(image, prod_expect, fake_checks, fake_booted,

@@ -111,16 +111,23 @@ def offline(image: Path, expect: Expectations, report: Report, junit=None) -> No
 
 
 def verify(image: Path, expect: Expectations, boot=False, contract=False,
-           junit: Path | None = None) -> Report:
+           junit: Path | None = None, prepare=False) -> Report:
+    """Offline checks; with boot, the booted ones; with contract, also the
+    agent's answer over RabbitMQ; with prepare, also Trove's prepare and a
+    query from the host (report.seconds: prepare_to_healthy, prepare_to_query)."""
     image = Path(image).resolve()
     report = Report(str(image))
+    if prepare:
+        from .booted import check_prepare
+        check_prepare(expect, image)
     with tempfile.TemporaryDirectory(prefix="tib-junit-") as parts:
         def part(stage):
             return Path(parts) / f"{stage}.xml" if junit is not None else None
         offline(image, expect, report, junit=part("offline"))
-        if boot or contract:
+        if boot or contract or prepare:
             from .booted import booted_checks
-            booted_checks(image, expect, report, contract=contract, junit=part("booted"))
+            booted_checks(image, expect, report, contract=contract, junit=part("booted"),
+                          prepare=prepare)
         if junit is not None:
             _merge_junit(Path(junit), [part("offline"), part("booted")], report.names)
     return report

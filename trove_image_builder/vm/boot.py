@@ -4,9 +4,11 @@ The image file is never written: qemu runs a qcow2 overlay on top of it.
 User-mode networking is restricted to the guest (``restrict=on``): the only
 ways in and out are ssh forwarded to 127.0.0.1 and, when asked, guest
 forwards to services on the host's loopback (a RabbitMQ for the contract
-test). A config drive carries what Nova and Trove inject at boot: an ssh key
-for the guest user and Trove's files under /etc/trove/conf.d. A scratch disk
-is attached as /dev/vdb, the volume Trove would attach.
+test), and host forwards from 127.0.0.1 to the guest's datastore ports (for
+the prepare test's queries). A config drive carries what Nova and Trove
+inject at boot: an ssh key for the guest user and Trove's files under
+/etc/trove/conf.d. A scratch disk is attached as /dev/vdb, the volume Trove
+would attach.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -29,6 +31,9 @@ from ..plumbing.runner import run, stop
 
 GUEST_FORWARD_IP = "10.0.2.100"
 BOOT_TIMEOUT = 900
+# The VM's memory, the flavor's ram the prepare test tells the agent about:
+# MariaDB and PostgreSQL in their containers fit with the agent and docker.
+GUEST_MEMORY_MB = 2048
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Guest:
     accel: str
     boot_seconds: float = 0.0
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    forwarded: dict = field(default_factory=dict)   # guest port -> port on 127.0.0.1
+    memory_mb: int = GUEST_MEMORY_MB
 
     @property
     def hostspec(self) -> str:
@@ -111,8 +118,13 @@ def config_drive(folder: Path, out: Path, instance_id: str, public_key: str,
 
 
 def qemu_argv(overlay: Path, volume: Path, drive: Path, ssh_port: int, console: Path,
-              accel: str, guest_forwards=(), memory_mb=2048, cpus=2) -> list:
+              accel: str, guest_forwards=(), memory_mb=GUEST_MEMORY_MB, cpus=2,
+              host_forwards=()) -> list:
+    """host_forwards: (guest port, host port) pairs, from 127.0.0.1 only;
+    guest_forwards: (port on GUEST_FORWARD_IP, port on the host's loopback)."""
     netdev = f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+    for guest_port, host_port in host_forwards:
+        netdev += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
     for guest_port, host_port in guest_forwards:
         socat = host.which("socat") or "socat"
         netdev += (f",guestfwd=tcp:{GUEST_FORWARD_IP}:{guest_port}"
@@ -179,11 +191,13 @@ def _wait_for_cloud_init(guest: Guest, deadline: float) -> None:
 @contextlib.contextmanager
 def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
            timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False,
-           volume: Path | None = None):
+           volume: Path | None = None, host_forwards=(), memory_mb: int = GUEST_MEMORY_MB):
     """Boot image on an overlay; yield a Guest once ssh answers.
 
     volume: a raw file to attach as /dev/vdb instead of a fresh blank one,
-    as the same Cinder volume is attached again after a Nova rebuild."""
+    as the same Cinder volume is attached again after a Nova rebuild.
+    host_forwards: guest ports to reach from 127.0.0.1, each on a free port
+    (Guest.forwarded says which)."""
     image = Path(image).resolve()
     for tool in ("qemu-system-x86_64", "qemu-img", "ssh-keygen"):
         if host.which(tool) is None:
@@ -209,14 +223,24 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
         drive = config_drive(work, work / "config-drive.iso", instance_id,
                              (work / "id_ed25519.pub").read_text().strip(), files or {})
         port = free_port()
+        forwarded, taken = {}, {port}
+        for guest_port in host_forwards:
+            host_port = free_port()
+            while host_port in taken:
+                host_port = free_port()
+            forwarded[guest_port] = host_port
+            taken.add(host_port)
         console = work / "console.log"
-        argv = qemu_argv(overlay, volume, drive, port, console, accel, guest_forwards)
+        argv = qemu_argv(overlay, volume, drive, port, console, accel, guest_forwards,
+                         memory_mb=memory_mb, host_forwards=tuple(forwarded.items()))
         log.info(f"qemu ({accel}{'' if accel == 'kvm' else ': KVM not usable here'}), "
-                 f"ssh on 127.0.0.1:{port}")
+                 f"ssh on 127.0.0.1:{port}" + "".join(
+                     f", guest port {g} on 127.0.0.1:{h}" for g, h in forwarded.items()))
         (work / "qemu.argv").write_text(" ".join(argv) + "\n")
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
-        guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc)
+        guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc,
+                      forwarded=forwarded, memory_mb=memory_mb)
         start = time.monotonic()
         _wait_for_ssh(guest, start + timeout)
         _wait_for_cloud_init(guest, start + timeout)

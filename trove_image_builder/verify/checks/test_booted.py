@@ -1,5 +1,8 @@
 """Booted checks: the image running in qemu, checked over ssh; and the
-Trove contract test: the agent answers an RPC call over RabbitMQ."""
+Trove contract test: the agent answers an RPC call over RabbitMQ, and with
+--prepare prepares its datastore as Trove asks it to."""
+import configparser
+
 import pytest
 
 AGENT_DEADLINE = 600
@@ -111,3 +114,38 @@ def test_contract_rpc_ping(host, expect, booted):
         journal = host.run(f"sudo journalctl -u {AGENT_UNIT} --no-pager -n 20").stdout
         raise AssertionError(f"{exc}; agent journal: {journal[-800:]}") from exc
     assert answer is True, f"rpc_ping answered {answer!r}"
+    booted["agent_answered"] = True
+
+
+def test_contract_prepare(host, expect, booted):
+    """Trove's prepare (vm.controller plays the taskmanager and the
+    conductor): the agent mounts the volume, runs the preloaded datastore
+    image, reports 'healthy'; then a database and a user made through the
+    agent answer a query from the host."""
+    AGENT_UNIT = expect.paths.agent_unit
+    if not booted.get("prepare"):
+        pytest.skip("prepare not asked for (--prepare)")
+    if not booted.get("agent_answered"):
+        pytest.fail("no prepare: the agent did not answer rpc_ping (test_contract_rpc_ping)")
+    from trove_image_builder.plumbing import log
+    from trove_image_builder.vm.controller import CONTAINER, prove_prepare
+    guest = booted["guest"]
+    try:
+        result = prove_prepare(booted["broker"].url, booted["guest_id"], booted["rpc_key"],
+                               expect.datastore_manager, expect.datastore_version,
+                               guest.forwarded, memory_mb=guest.memory_mb,
+                               tenant_id=booted["tenant_id"])
+    except Exception as exc:
+        # the agent logs to the file its injected configuration names
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read_string(booted["files"][expect.paths.agent_conf])
+        agent_log = "{log_dir}/{log_file}".format(**conf["DEFAULT"])
+        tails = "\n".join(
+            f"{command}:\n{host.run(f'sudo {command} 2>&1').stdout.strip()}"
+            for command in (f"docker logs --tail 30 {CONTAINER}",
+                            f"tail -n 30 {agent_log}",
+                            f"journalctl -u {AGENT_UNIT} --no-pager -n 10"))
+        log.info(tails)
+        raise AssertionError(f"{getattr(exc, 'message', exc)}\n{tails}") from exc
+    booted["seconds"]["prepare_to_healthy"] = result.prepare_to_healthy
+    booted["seconds"]["prepare_to_query"] = result.prepare_to_query
