@@ -250,32 +250,54 @@ def test_mariadb_runs_as_the_agent_runs_it(engine, mariadb_image, tmp_path):
     docker_util.remove_container(engine.client)
 
 
-def test_mariadb_brings_back_a_missing_health_check_file(engine, mariadb_image, tmp_path):
-    """After a restore the data has no .my-healthcheck.cnf: with
-    MARIADB_AUTO_UPGRADE the entrypoint makes it again (mariadb/service.py)."""
+def test_mariadb_after_a_restore(engine, mariadb_image, tmp_path):
+    """The agent's restore (mariadb/manager.py reset_password_for_restore):
+    the restored data has no .my-healthcheck.cnf and an unknown root
+    password; the agent starts the server with --skip-grant-tables and its
+    my.cnf also on /etc/my.cnf, waits for healthy (MARIADB_AUTO_UPGRADE
+    brings the health check's file back, mariadb/service.py), resets root's
+    password with 'mariadb -u root' through docker exec, and starts anew."""
     engine.load(mariadb_image)
     host = folders(tmp_path, "etc-mysql", "etc-mysql/conf.d", "mysqld", "var-lib-mysql",
                    "var-lib-mysql/data")
     (host["etc-mysql"] / "my.cnf").write_text(rendered("mariadb", "11.8"))
-    kwargs = dict(
-        volumes={str(host["etc-mysql"]): {"bind": "/etc/mysql", "mode": "rw"},
-                 str(host["mysqld"]): {"bind": "/var/run/mysqld", "mode": "rw"},
-                 str(host["var-lib-mysql"]): {"bind": "/var/lib/mysql", "mode": "rw"}},
-        network_mode="bridge", user=f"{UID}:{GID}",
-        environment={"MYSQL_ROOT_PASSWORD": "pw", "MYSQL_INITDB_SKIP_TZINFO": 1,
-                     "MARIADB_AUTO_UPGRADE": 1},
-        healthcheck=mariadb_service.MariaDBApp.HEALTHCHECK,
-        command=mariadb_manager.Manager.get_start_db_params(None, "/var/lib/mysql/data"),
-        privileged=True)
-    docker_util.start_container(engine.client, mariadb_image.ref, **kwargs)
+    data_dir = "/var/lib/mysql/data"
+    volumes = {str(host["etc-mysql"]): {"bind": "/etc/mysql", "mode": "rw"},
+               str(host["mysqld"]): {"bind": "/var/run/mysqld", "mode": "rw"},
+               str(host["var-lib-mysql"]): {"bind": "/var/lib/mysql", "mode": "rw"}}
+    environment = {"MYSQL_ROOT_PASSWORD": "first", "MYSQL_INITDB_SKIP_TZINFO": 1,
+                   **mariadb_service.MariaDBApp._extra_envs}
+    start = dict(network_mode="bridge", user=f"{UID}:{GID}", environment=environment,
+                 healthcheck=mariadb_service.MariaDBApp.HEALTHCHECK, privileged=True)
+    docker_util.start_container(
+        engine.client, mariadb_image.ref, volumes=volumes,
+        command=mariadb_manager.Manager.get_start_db_params(None, data_dir), **start)
     wait_healthy(engine)
     docker_util.remove_container(engine.client)
     cnf = host["var-lib-mysql/data"] / ".my-healthcheck.cnf"
     cnf.unlink()
-    docker_util.start_container(engine.client, mariadb_image.ref, **kwargs)
+
+    environment["MYSQL_ROOT_PASSWORD"] = "second"    # what the agent has saved
+    my_cnf = {str(host["etc-mysql"] / "my.cnf"): {"bind": "/etc/my.cnf", "mode": "rw"}}
+    docker_util.start_container(
+        engine.client, mariadb_image.ref, volumes={**volumes, **my_cnf},
+        command=f"--defaults-file=/etc/mysql/my.cnf --skip-grant-tables --datadir={data_dir} ",
+        **start)
     wait_healthy(engine)
     assert cnf.is_file() and cnf.stat().st_uid == UID
     assert "creating the health check's users again" in engine.docker("logs", "database").stderr
+    docker_util.run_command(engine.client, [
+        "mariadb", "--defaults-file=/etc/mysql/my.cnf", "-u", "root", "-e",
+        "FLUSH PRIVILEGES; ALTER USER 'root'@'localhost' IDENTIFIED BY 'second';"])
+    docker_util.remove_container(engine.client)
+
+    docker_util.start_container(
+        engine.client, mariadb_image.ref, volumes=volumes,
+        command=mariadb_manager.Manager.get_start_db_params(None, data_dir), **start)
+    wait_healthy(engine)
+    with mysql("second", unix_socket=str(host["mysqld"] / "mysqld.sock")) as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        assert cur.fetchone() == ("root@localhost",)
     docker_util.remove_container(engine.client)
 
 

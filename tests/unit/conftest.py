@@ -8,6 +8,29 @@ from tests import pki
 from trove_image_builder import elements, shipped_dir
 
 
+@pytest.fixture(autouse=True)
+def no_datastore_image_builds(monkeypatch, tmp_path_factory):
+    """A build's datastore image (datastore.image: built) is a small
+    docker-archive made here, not a Debian root file system: quick tests
+    never run mmdebstrap, whatever the cache holds."""
+    import tarfile
+    from trove_image_builder.build import stage
+    from trove_image_builder.build.datastore_image import DatastoreImage, archive as writer
+
+    def fake_build(ref, cache=None, **_options):
+        where = tmp_path_factory.mktemp("datastore-image")
+        layer = where / "layer.tar"
+        with tarfile.open(layer, "w"):
+            pass
+        archive = where / "image.tar"
+        image_id = writer.write(layer, ref, {"Cmd": ["true"]}, archive,
+                                architecture="amd64", created_by="test")
+        return DatastoreImage(ref=ref, archive=archive, image_id=image_id,
+                              size_bytes=archive.stat().st_size,
+                              packages={"fake-server": "1.0"}, inputs_hash="fake")
+    monkeypatch.setattr(stage, "build_datastore_image", fake_build)
+
+
 @pytest.fixture(scope="session")
 def known():
     """Every element: the shipped ones and diskimage-builder's."""

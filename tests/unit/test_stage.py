@@ -87,3 +87,26 @@ def test_a_development_build_publishes_its_key_beside_the_image(fake, tmp_path):
     assert (tmp_path / "d.id_ed25519").is_file()
     assert manifest["contract"]["dev_public_key"] == pub
     assert fake.seen[0]["plan"].env["TROVE_DEV_SSH_PUBKEY"] == pub
+
+
+def test_the_datastore_image_is_built_first_and_preloaded(fake, tmp_path):
+    """datastore.image: built: the build makes (here: the quick tests' fake,
+    tests/unit/conftest.py) the image the agent runs, and lists it for the
+    container-engine element; the contract expects it in the engine."""
+    _, manifest = stage.build(prod(), tmp_path / "x.qcow2", backend_name="fake")
+    [plan] = [seen["plan"] for seen in fake.seen]
+    listing = plan.env["TROVE_CONTAINER_IMAGES_LIST"]
+    assert listing.endswith("container-images.list")
+    exp = from_manifest(tmp_path / "x.qcow2", manifest)
+    [(ref, image_id)] = exp.images
+    assert ref == "mariadb:11.8" and image_id.startswith("sha256:")
+    assert manifest["timings"]["datastore-image"] >= 0
+
+
+def test_pull_builds_no_datastore_image(fake, tmp_path):
+    prof = profiles.load("prod-mariadb", ["datastore.image=pull"])
+    _, manifest = stage.build(prof, tmp_path / "x.qcow2", backend_name="fake")
+    [plan] = [seen["plan"] for seen in fake.seen]
+    assert "TROVE_CONTAINER_IMAGES_LIST" not in plan.env
+    assert from_manifest(tmp_path / "x.qcow2", manifest).images == ()
+    assert "datastore-image" not in manifest["timings"]

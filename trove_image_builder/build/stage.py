@@ -15,6 +15,7 @@ import time
 
 from .. import __version__, elements
 from . import backends, images
+from .datastore_image import build as build_datastore_image
 from ..plumbing import host, imagefs, log
 from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
 from ..plumbing.runner import run, sha256_of
@@ -114,13 +115,12 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
                  f"trove-image-builder {profile.name} dev key", "-f", str(key)])
             inputs["dev_public_key"] = (workdir / "id_ed25519.pub").read_text().strip()
     if preview.datastore_image:
-        from . import datastore_image
         with log.step(f"the datastore image {preview.datastore_image} (built here, "
                       "or from the cache)", timings, "datastore-image"):
             # Debian packages: from the profile's Debian mirror, if it has one
             mirror = {"mirror": profile.os.mirror} if profile.os.distro == "debian" \
                 and profile.os.mirror else {}
-            made = datastore_image.build(preview.datastore_image, **mirror)
+            made = build_datastore_image(preview.datastore_image, **mirror)
             prepared.append(images.PreparedImage(
                 made.ref, made.archive, made.image_id, sha256_of(made.archive),
                 made.size_bytes, packages=made.packages))
