@@ -1,5 +1,5 @@
 """The booted check of trove-datastore-image
-(verify/checks/booted_datastore_image.py) against a fake booted guest: the
+(verify/checks/test_booted.py) against a fake booted guest: the
 commands it runs answered here."""
 from dataclasses import replace
 import subprocess
@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests.helpers import manifests
-from trove_image_builder.verify.checks import booted_datastore_image as checks
+from trove_image_builder.verify.checks import test_booted as checks
 
 ID = "sha256:" + "cd" * 32
 
