@@ -1,4 +1,5 @@
 """Offline checks: the image mounted read-only, nothing booted."""
+import json
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,8 @@ def test_preloaded_images(host, expect):
     for ref, image_id in expect.images:
         assert ref in held, f"{ref} is not preloaded (found: {sorted(held)})"
         archive = f"{expect.paths.images}/{held[ref][0]}"
-        config = host.check_output(f"tar -xOf {archive} manifest.json")
-        found = "sha256:" + config.split('"Config":"', 1)[1].split('"', 1)[0] \
-            .rsplit("/", 1)[-1].removesuffix(".json")
+        entries = json.loads(host.check_output(f"tar -xOf {archive} manifest.json"))
+        found = "sha256:" + entries[0]["Config"].rsplit("/", 1)[-1].removesuffix(".json")
         if image_id:
             assert found == image_id, f"{ref}: the archive holds {found}, expected {image_id}"
     assert host.service("trove-preload-images").is_enabled, \
