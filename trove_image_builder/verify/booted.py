@@ -71,7 +71,8 @@ def booted_checks(image: Path, expect, report, contract=False, junit=None,
         if "prepare_to_healthy" in report.seconds:
             log.info(f"prepare: healthy {report.seconds['prepare_to_healthy']} s after "
                      f"prepare, a query answered after {report.seconds['prepare_to_query']} s "
-                     f"(boot: {guest.boot_seconds} s)")
+                     f"(boot: {guest.boot_seconds} s; power-on to healthy: "
+                     f"{report.seconds['power_on_to_healthy']} s)")
     except BuildError as exc:
         raise VerifyError(exc.message) from exc
     finally:

@@ -47,6 +47,7 @@ class Guest:
     instance_id: str
     accel: str
     boot_seconds: float = 0.0
+    powered_on: float = 0.0          # time.monotonic() when qemu started
     proc: subprocess.Popen | None = field(default=None, repr=False)
     forwarded: dict = field(default_factory=dict)   # guest port -> port on 127.0.0.1
     memory_mb: int = GUEST_MEMORY_MB
@@ -241,7 +242,7 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
                                 text=True)
         guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc,
                       forwarded=forwarded, memory_mb=memory_mb)
-        start = time.monotonic()
+        start = guest.powered_on = time.monotonic()
         _wait_for_ssh(guest, start + timeout)
         _wait_for_cloud_init(guest, start + timeout)
         guest.boot_seconds = round(time.monotonic() - start, 1)

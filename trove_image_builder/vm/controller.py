@@ -524,6 +524,7 @@ def query_from_host(manager: str, port: int, user: str, password: str, database:
 class PrepareResult:
     prepare_to_healthy: float
     prepare_to_query: float
+    healthy_at: float          # time.monotonic() when 'healthy' was heard
     database: str
     user: str
     statuses: list = field(default_factory=list)
@@ -584,7 +585,8 @@ def prove_prepare(url: str, guest_id: str, rpc_key: str | None, manager: str,
         start = time.monotonic()
         request = tasks.prepare(manager, ds_version, memory_mb)
         conductor.wait_until_healthy(request, start + healthy_deadline, start)
-        healthy = time.monotonic() - start
+        healthy_at = time.monotonic()
+        healthy = healthy_at - start
 
         request = tasks.create_database(database)
         _until(conductor, f"create_database {database}",
@@ -598,5 +600,5 @@ def prove_prepare(url: str, guest_id: str, rpc_key: str | None, manager: str,
                                        host),
                time.monotonic() + step_deadline)
         answered = time.monotonic() - start
-        return PrepareResult(round(healthy, 1), round(answered, 1), database, user,
+        return PrepareResult(round(healthy, 1), round(answered, 1), healthy_at, database, user,
                              list(conductor.statuses), list(conductor.notices))
