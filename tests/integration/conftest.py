@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers.cli import cli
+from tests.helpers.cli import REPO, cli
 from trove_image_builder.build import datastore_image
 
 
@@ -47,18 +47,73 @@ def mariadb_package(images_dir) -> BuiltImage:
     return _build(images_dir, "mariadb-package")
 
 
-@pytest.fixture(scope="session")
-def prod_postgresql(images_dir) -> BuiltImage:
-    """prod-postgresql through the virt-customize backend, once per run: the
-    other backend on the other shipped production profile (CI builds each
-    real image once; DIB builds prod-mariadb). With a certificate user hook
-    of an operator's own, named relative to the current folder."""
+def _postgresql_vc_args(images_dir: Path) -> tuple[Path, list]:
     out = images_dir / "vc"
     out.mkdir(exist_ok=True)
     hook = out / "fetch-certs"
     hook.write_text("#!/bin/sh\n# fetch from the site's store\n")
-    return _build(out, "prod-postgresql", "--backend", "virt-customize",
-                  "--set", f"certificates.user_hook={hook}")
+    image = out / "prod-postgresql.qcow2"
+    return image, ["build", "prod-postgresql", "-o", str(image), "--backend",
+                   "virt-customize", "--set", f"certificates.user_hook={hook}"]
+
+
+class BackgroundBuild:
+    """A build started in a subprocess early in the run, awaited by the
+    fixture that needs its image."""
+
+    def __init__(self, image: Path, argv: list):
+        self.image = image
+        self.out = image.with_name(image.name + ".stdout")
+        self.err = image.with_name(image.name + ".stderr")
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "trove_image_builder.cli",
+                                          *argv], cwd=REPO, stdout=out, stderr=err, text=True)
+
+    def wait(self, timeout=3600) -> BuiltImage:
+        code = self.proc.wait(timeout=timeout)
+        proc = subprocess.CompletedProcess(self.proc.args, code, self.out.read_text(),
+                                           self.err.read_text())
+        sys.stderr.write(proc.stderr[-3000:])
+        assert code == 0, proc.stderr[-3000:]
+        return BuiltImage(self.image, proc)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()       # the build cleans up on SIGTERM
+            self.proc.wait(timeout=300)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_virt_customize_build(request, images_dir):
+    """The virt-customize build runs mostly inside libguestfs's appliance, on
+    one core under TCG: started in the background when the run begins, it
+    overlaps the DIB builds and the cheap tests instead of adding its
+    minutes after them. Only when a collected test needs prod_postgresql."""
+    if os.geteuid() != 0 or not any("prod_postgresql" in getattr(item, "fixturenames", ())
+                                    for item in request.session.items):
+        yield None
+        return
+    # its datastore image first, so that no two builds make it at once
+    request.getfixturevalue("postgres_image")
+    build = BackgroundBuild(*_postgresql_vc_args(images_dir))
+    yield build
+    build.stop()
+
+
+@pytest.fixture(scope="session")
+def prod_postgresql(images_dir, early_virt_customize_build) -> BuiltImage:
+    """prod-postgresql through the virt-customize backend, once per run: the
+    other backend on the other shipped production profile (CI builds each
+    real image once; DIB builds prod-mariadb). With a certificate user hook
+    of an operator's own, named relative to the current folder. Started
+    early, in the background (early_virt_customize_build)."""
+    if early_virt_customize_build is not None:
+        return early_virt_customize_build.wait()
+    image, argv = _postgresql_vc_args(images_dir)
+    proc = cli(*argv)
+    sys.stderr.write(proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return BuiltImage(image, proc)
 
 
 @pytest.fixture(scope="session")
