@@ -61,11 +61,16 @@ class _Plugin:
             name = raw.replace(f"[{self._hosts}]", "").replace(f"[{self._hosts}-", "[")
             self._report.names[raw] = name
             message = ""
+            detail: list = []
             if report.failed:
                 crash = getattr(report.longrepr, "reprcrash", None)
                 message = crash.message if crash else str(report.longrepr)
-                message = message.splitlines()[0] if message else ""
+                message, *detail = message.splitlines() if message else [""]
                 message = message.replace("AssertionError: ", "")
+                # what a check adds after its one line (e.g. log tails), not
+                # pytest's own explanation of the assertion
+                detail = [ln for ln in detail[:DETAIL_LINES]
+                          if not ln.startswith(("assert ", " +", "+  where"))]
             elif report.skipped:
                 message = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
             self._report.outcomes.append(Outcome(
@@ -75,6 +80,12 @@ class _Plugin:
             if report.failed or report.skipped:
                 line += f": {message}"
             log.info(line)
+            for extra in detail:
+                log.info(f"    {extra}")
+
+
+# at most this many lines of a failed check's explanation follow its line
+DETAIL_LINES = 120
 
 
 def run_checks(test_file: str, hosts: str, expect: Expectations, report: Report,
