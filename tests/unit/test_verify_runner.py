@@ -141,6 +141,23 @@ def test_plugin_logs_a_line_per_check(checks_file, prod_expect, capfd):
     assert len(lines) == len(EXPECTED)
 
 
+def test_plugin_logs_what_a_failed_check_adds_below_its_line(checks_file, prod_expect, capfd):
+    path = checks_file(
+        "def test_tails(host):\n"
+        "    raise AssertionError('prepare failed; status x\\ndocker logs:\\ninitdb: boom')\n"
+        "def test_plain(host):\n    assert 1 == 2, 'one line'\n")
+    report = verify.Report("/images/x.qcow2")
+    run_plugin(path, prod_expect, report)
+    assert {o.check: o.message for o in report.failed} == {
+        "offline::test_tails": "prepare failed; status x", "offline::test_plain": "one line"}
+    err = capfd.readouterr().err.splitlines()
+    at = err.index("FAIL x.qcow2: offline::test_tails: prepare failed; status x")
+    assert err[at + 1:at + 3] == ["    docker logs:", "    initdb: boom"]
+    # pytest's own explanation of an assert is not repeated
+    at = err.index("FAIL x.qcow2: offline::test_plain: one line")
+    assert not err[at + 1:] or not err[at + 1].startswith("    ")
+
+
 def test_plugin_gives_the_expect_and_booted_fixtures(checks_file, prod_expect):
     path = checks_file('''
         def test_expect(expect):

@@ -189,6 +189,82 @@ def _wait_for_cloud_init(guest: Guest, deadline: float) -> None:
                       f"console:\n{guest.console_tail()}")
 
 
+def check_tools(guest_forwards=()) -> None:
+    """HostError naming the first tool a boot needs that is missing."""
+    for tool in ("qemu-system-x86_64", "qemu-img", "ssh-keygen"):
+        if host.which(tool) is None:
+            raise HostError(f"{tool} not found; run scripts/install")
+    if guest_forwards and host.which("socat") is None:
+        raise HostError("socat not found; install 'socat' (scripts/install does)")
+
+
+def prepare_machine(work: Path, image: Path, user: str, files: dict | None = None,
+                    guest_forwards=(), volume: Path | None = None, host_forwards=(),
+                    memory_mb: int = GUEST_MEMORY_MB, accel: str | None = None,
+                    volume_size: str = "2G") -> tuple[Guest, list]:
+    """Make in work what one boot of image needs: the overlay, the data
+    volume (a blank one unless given), an ssh key, the config drive, free
+    ports; return the Guest (not started yet) and qemu's argv."""
+    image = Path(image).resolve()
+    accel = accel or host.accelerator()
+    instance_id = str(uuid.uuid4())
+    fmt = image_info(image)["format"]
+    overlay = work / "overlay.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
+         str(overlay)])
+    if volume is None:
+        volume = work / "volume.raw"
+        run(["qemu-img", "create", "-q", "-f", "raw", str(volume), volume_size])
+    elif not Path(volume).is_file():
+        raise VerifyError(f"{volume}: no such volume file")
+    key = work / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tib-boot", "-f", str(key)])
+    drive = config_drive(work, work / "config-drive.iso", instance_id,
+                         (work / "id_ed25519.pub").read_text().strip(), files or {})
+    port = free_port()
+    forwarded, taken = {}, {port}
+    for guest_port in host_forwards:
+        host_port = free_port()
+        while host_port in taken:
+            host_port = free_port()
+        forwarded[guest_port] = host_port
+        taken.add(host_port)
+    console = work / "console.log"
+    argv = qemu_argv(overlay, volume, drive, port, console, accel, guest_forwards,
+                     memory_mb=memory_mb, host_forwards=tuple(forwarded.items()))
+    (work / "qemu.argv").write_text(" ".join(argv) + "\n")
+    guest = Guest(port, user, key, console, work, instance_id, accel,
+                  forwarded=forwarded, memory_mb=memory_mb)
+    return guest, argv
+
+
+def start_qemu(guest: Guest, argv: list, detached: bool = False) -> subprocess.Popen:
+    """Start qemu for guest. Detached, it runs in a session of its own with
+    its stderr in the guest's folder (qemu.err), and outlives this process."""
+    log.info(f"qemu ({guest.accel}{'' if guest.accel == 'kvm' else ': KVM not usable here'}), "
+             f"ssh on 127.0.0.1:{guest.ssh_port}" + "".join(
+                 f", guest port {g} on 127.0.0.1:{h}" for g, h in guest.forwarded.items()))
+    if detached:
+        with open(guest.workdir / "qemu.err", "w") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    guest.proc = proc
+    guest.powered_on = time.monotonic()
+    return proc
+
+
+def wait_until_up(guest: Guest, timeout: float = BOOT_TIMEOUT) -> None:
+    """Wait for an ssh login, then for cloud-init to finish; VerifyError
+    (with the console's tail) if qemu exits or the deadline passes."""
+    start = guest.powered_on or time.monotonic()
+    _wait_for_ssh(guest, start + timeout)
+    _wait_for_cloud_init(guest, start + timeout)
+    guest.boot_seconds = round(time.monotonic() - start, 1)
+
+
 @contextlib.contextmanager
 def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
            timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False,
@@ -199,53 +275,15 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
     as the same Cinder volume is attached again after a Nova rebuild.
     host_forwards: guest ports to reach from 127.0.0.1, each on a free port
     (Guest.forwarded says which)."""
-    image = Path(image).resolve()
-    for tool in ("qemu-system-x86_64", "qemu-img", "ssh-keygen"):
-        if host.which(tool) is None:
-            raise HostError(f"{tool} not found; run scripts/install")
-    if guest_forwards and host.which("socat") is None:
-        raise HostError("socat not found; install 'socat' (scripts/install does)")
+    check_tools(guest_forwards)
     accel = host.accelerator()
     work = Path(tempfile.mkdtemp(prefix="tib-boot-"))
-    instance_id = str(uuid.uuid4())
     proc = None
     try:
-        fmt = image_info(image)["format"]
-        overlay = work / "overlay.qcow2"
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(image),
-             str(overlay)])
-        if volume is None:
-            volume = work / "volume.raw"
-            run(["qemu-img", "create", "-q", "-f", "raw", str(volume), "2G"])
-        elif not Path(volume).is_file():
-            raise VerifyError(f"{volume}: no such volume file")
-        key = work / "id_ed25519"
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tib-boot", "-f", str(key)])
-        drive = config_drive(work, work / "config-drive.iso", instance_id,
-                             (work / "id_ed25519.pub").read_text().strip(), files or {})
-        port = free_port()
-        forwarded, taken = {}, {port}
-        for guest_port in host_forwards:
-            host_port = free_port()
-            while host_port in taken:
-                host_port = free_port()
-            forwarded[guest_port] = host_port
-            taken.add(host_port)
-        console = work / "console.log"
-        argv = qemu_argv(overlay, volume, drive, port, console, accel, guest_forwards,
-                         memory_mb=memory_mb, host_forwards=tuple(forwarded.items()))
-        log.info(f"qemu ({accel}{'' if accel == 'kvm' else ': KVM not usable here'}), "
-                 f"ssh on 127.0.0.1:{port}" + "".join(
-                     f", guest port {g} on 127.0.0.1:{h}" for g, h in forwarded.items()))
-        (work / "qemu.argv").write_text(" ".join(argv) + "\n")
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        guest = Guest(port, user, key, console, work, instance_id, accel, proc=proc,
-                      forwarded=forwarded, memory_mb=memory_mb)
-        start = guest.powered_on = time.monotonic()
-        _wait_for_ssh(guest, start + timeout)
-        _wait_for_cloud_init(guest, start + timeout)
-        guest.boot_seconds = round(time.monotonic() - start, 1)
+        guest, argv = prepare_machine(work, image, user, files, guest_forwards, volume,
+                                      host_forwards, memory_mb, accel)
+        proc = start_qemu(guest, argv)
+        wait_until_up(guest, timeout)
         yield guest
     finally:
         if proc is not None:

@@ -111,18 +111,27 @@ class LocalRabbit:
     its own node name, ports and data folder; stopped on exit. With tls it
     serves AMQPS only, to clients with a certificate signed by tls.ca."""
 
-    def __init__(self, tls: BrokerTLS | None = None):
+    def __init__(self, tls: BrokerTLS | None = None, home: Path | None = None,
+                 port: int | None = None):
+        """home: the broker's folder, kept afterwards (default: a temporary
+        one, removed on exit); port: its AMQP port (default: a free one)."""
         if host.which("rabbitmq-server") is None:
             raise HostError("rabbitmq-server not found; install 'rabbitmq-server' "
                             "(scripts/install test does)")
         if tls is not None:
             _tls_files(tls, "broker")
         self.tls = tls
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.dist_port = _free_port()
         self.node = f"tib{uuid.uuid4().hex[:8]}@localhost"
-        self.home = Path(tempfile.mkdtemp(prefix="tib-rabbit-"))
+        self._own_home = home is None
+        if home is None:
+            self.home = Path(tempfile.mkdtemp(prefix="tib-rabbit-"))
+        else:
+            self.home = Path(home)
+            self.home.mkdir(parents=True, exist_ok=True)
         self.proc = None
+        self.pid = None
         self._epmd_was_running = _epmd_running()
 
     @property
@@ -160,33 +169,90 @@ class LocalRabbit:
     def url(self) -> str:
         return f"rabbit://guest:guest@127.0.0.1:{self.port}/"
 
-    def __enter__(self):
+    def start(self) -> "LocalRabbit":
+        """Start the broker (in a session of its own: it may outlive us) and
+        wait until it listens."""
         (self.home / "enabled_plugins").write_text("[].\n")
         (self.home / "rabbitmq.conf").write_text(broker_config(self.port, self.tls))
-        self.proc = subprocess.Popen([_tool("rabbitmq-server")], env=self.env,
-                                     stdout=open(self.home / "server.out", "w"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.home / "server.out", "w") as out:
+            self.proc = subprocess.Popen([_tool("rabbitmq-server")], env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + START_TIMEOUT
         while not self._listening():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 out = (self.home / "server.out").read_text(errors="replace")[-1500:]
-                self.__exit__(None, None, None)
+                self.stop()
                 raise VerifyError(f"RabbitMQ did not start on 127.0.0.1:{self.port}: {out}")
             time.sleep(1)
         return self
 
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    def record(self) -> dict:
+        """What another process needs to find and stop this broker."""
+        return {"pid": self.pid, "port": self.port, "dist_port": self.dist_port,
+                "node": self.node, "home": str(self.home),
+                "epmd_was_running": self._epmd_was_running}
+
+    @classmethod
+    def restore(cls, record: dict) -> "LocalRabbit":
+        """The broker another process started (record()), to reach or stop it."""
+        broker = cls.__new__(cls)
+        broker.tls = None
+        broker.port, broker.dist_port = record["port"], record["dist_port"]
+        broker.node, broker.home = record["node"], Path(record["home"])
+        broker._own_home = False
+        broker.proc, broker.pid = None, record["pid"]
+        broker._epmd_was_running = record["epmd_was_running"]
+        return broker
+
+    def running(self) -> bool:
+        return self.pid is not None and _alive(self.pid) and self._listening()
+
+    def stop(self) -> None:
+        """Stop the broker's process group (and the epmd it started); remove
+        its folder if it was a temporary one."""
+        if self.pid is not None and _alive(self.pid):
+            os.killpg(self.pid, signal.SIGTERM)
+            if not _wait_gone(self.pid, self.proc, 60):
+                os.killpg(self.pid, signal.SIGKILL)
+                _wait_gone(self.pid, self.proc, 10)
         if not self._epmd_was_running and _epmd_running():
             subprocess.run(["epmd", "-kill"], capture_output=True, env=self.env)
-        shutil.rmtree(self.home, ignore_errors=True)
+        if self._own_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
         return False
+
+
+def _alive(pid: int) -> bool:
+    """pid is a process that has not exited (a zombie has)."""
+    try:
+        head, _, tail = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+    except OSError:
+        return False
+    return tail.split()[:1] not in (["Z"], ["X"])
+
+
+def _wait_gone(pid: int, proc: subprocess.Popen | None, timeout: float) -> bool:
+    """Wait until pid has exited (reaped, if it is our child)."""
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def client_config(tls: ClientTLS | None = None) -> str:
