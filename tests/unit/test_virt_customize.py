@@ -642,7 +642,8 @@ def test_package_actions_across_elements_keep_element_order(known, user_elements
     mine = user_elements("tib-more", {"package-installs.yaml": "extra-tool:\n"})
     env = {"TROVE_GUEST_AGENT_INSTALL": "release"}
     actions = package_actions([known["container-engine"], mine, known["guest-agent"]], env)
-    assert actions["install.d"]["install"] == ["docker.io", "extra-tool", "python3-venv"]
+    assert actions["install.d"]["install"] == \
+        ["docker.io", "apparmor", "extra-tool", "python3-venv"]
 
 
 def test_package_actions_search_the_plans_elements_path(user_elements):

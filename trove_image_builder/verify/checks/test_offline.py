@@ -45,6 +45,11 @@ def test_container_engine(host, expect):
     assert host.package(expect.engine_package).is_installed, \
         f"the container engine {expect.engine_package} is not installed"
     assert host.service("docker").is_enabled, "docker.service is not enabled"
+    # the engine loads its AppArmor profile for every unprivileged container
+    # (Trove runs PostgreSQL so) with apparmor_parser, or refuses to run it
+    assert host.file("/sbin/apparmor_parser").exists or \
+        host.file("/usr/sbin/apparmor_parser").exists, \
+        "apparmor_parser is missing: the engine cannot start an unprivileged container"
     groups = host.user(expect.guest_user).groups
     assert "docker" in groups, f"{expect.guest_user} is not in the docker group: {groups}"
     if expect.agent_install != "none":
