@@ -3,8 +3,6 @@
 line it writes, with the engine faked and the injected files in a folder
 here; and the image and tag it computes, against Trove's own option parsing
 (trove==26.0.0 in this project's virtualenv stands in for the agent's)."""
-import importlib.machinery
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from trove_image_builder import shipped_dir
 from trove_image_builder.contract import injected, paths
+from tests.helpers.scripts import load_script
 
 ELEMENT = shipped_dir("elements") / "container-engine"
 SCRIPT = ELEMENT / "static/usr/local/sbin/trove-datastore-image"
@@ -26,11 +25,7 @@ IMAGE_ID = "sha256:" + "ab" * 32
 
 
 def _load():
-    # no .py suffix: the loader is named explicitly
-    loader = importlib.machinery.SourceFileLoader("trove_datastore_image", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "trove_datastore_image")
 
 
 tdi = _load()

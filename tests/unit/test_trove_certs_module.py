@@ -4,8 +4,6 @@ checks' wording (with this machine's openssl and certificates made at test
 time), installing and the copy on the volume. test_trove_certs_hook.py runs
 the same script as a black box."""
 import contextlib
-import importlib.machinery
-import importlib.util
 import os
 from pathlib import Path
 import pwd
@@ -16,16 +14,13 @@ import pytest
 
 from tests import pki
 from trove_image_builder import shipped_dir
+from tests.helpers.scripts import load_script
 
 HOOK = shipped_dir("elements") / "trove-certs" / "static/usr/local/sbin/trove-certs"
 
 
 def _load():
-    # no .py suffix: the loader is named explicitly
-    loader = importlib.machinery.SourceFileLoader("trove_certs_hook", str(HOOK))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script(HOOK, "trove_certs_hook")
 
 
 tc = _load()
