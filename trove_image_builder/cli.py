@@ -387,5 +387,224 @@ def boot(image, open_ssh, profile_ref, certs_dir, volume, sets, extra_paths):
             time.sleep(1)
 
 
+# --------------------------------------------------------------------------
+# dev: the developer loop (trove_image_builder/vm/dev/)
+
+def _dev_folder(ctx) -> Path:
+    return ctx.find_object(DevContext).folder
+
+
+class DevContext:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+
+@main.group("dev")
+@click.option("--state", "state_dir", type=click.Path(path_type=Path),
+              envvar="TROVE_IMAGE_BUILDER_DEV_STATE",
+              help="The development VM's state folder (default: dev/vm in the cache "
+                   "folder; TROVE_IMAGE_BUILDER_DEV_STATE).")
+@click.pass_context
+def dev_group(ctx, state_dir):
+    """Developer loop: one development VM with its broker and conductor."""
+    ctx.obj = DevContext((state_dir or build_mod.cache_dir() / "dev" / "vm").resolve())
+
+
+@dev_group.command("up")
+@click.option("--profile", "profile_ref", default="dev-mariadb", show_default=True,
+              help="The profile to build the image from (cached by its digest).")
+@click.option("--trove-src", type=click.Path(path_type=Path),
+              help="The local Trove checkout: built into the image, and what 'dev sync' "
+                   "sends (default: the image's).")
+@click.option("--image", type=click.Path(path_type=Path),
+              help="Boot this image instead of building one (its manifest beside it).")
+@set_option
+@elements_path_option
+@click.pass_context
+def dev_up(ctx, profile_ref, trove_src, image, sets, extra_paths):
+    """Build (cached) and boot the development VM with a local RabbitMQ and
+    a conductor; wait for the agent. A second 'dev up' reuses what runs.
+
+    \b
+    Examples:
+      trove-image-builder dev up
+      trove-image-builder dev up --profile dev-mariadb --trove-src ~/src/trove
+      trove-image-builder dev up --image out/dev-mariadb.qcow2
+    """
+    from .contract import expectations as expect_mod
+    from .vm.dev import machine, sync
+    folder = _dev_folder(ctx)
+    expect = None
+    if trove_src is not None:
+        trove_src = sync.check_tree(trove_src)
+    if machine.existing(folder) is None:
+        if image is None:
+            set_src = [f"trove_source={trove_src}"] if trove_src else []
+            known = elements.discover(extra_paths)
+            prof = profiles.load(profile_ref, [*sets, *set_src], known_elements=known)
+            digest = prof.digest().rpartition(":")[2][:16]
+            image = build_mod.cache_dir() / "dev" / "images" / \
+                f"{prof.name}-{digest}.{prof.image.format}"
+            if not image.is_file():
+                with terminate_as_interrupt():
+                    build_mod.build(prof, image, extra_paths, None)
+            else:
+                log.info(f"the image of {prof.name} with this profile is built: {image}")
+        expect = expect_mod.load(image)
+    with terminate_as_interrupt():
+        st, timings = machine.up(folder, image, expect, str(trove_src) if trove_src else None)
+    click.echo(json.dumps({"state": str(st.folder), "image": st.image,
+                           "ssh": shlex.join(st.guest().ssh_argv()), "guest_id": st.guest_id,
+                           "broker": st.broker_url, "forwards": st.forwarded,
+                           "trove_src": st.trove_src, "seconds": timings}, indent=2))
+
+
+@dev_group.command("status")
+@click.pass_context
+def dev_status(ctx):
+    """Show the VM, its ports, the broker, the conductor, the agent's last
+    heartbeat and whether it answers rpc_ping.
+
+    \b
+    Example:
+      trove-image-builder dev status
+    """
+    from .vm.dev import machine
+    click.echo(json.dumps(machine.status(_dev_folder(ctx)), indent=2))
+
+
+@dev_group.command("sync")
+@click.option("--trove-src", type=click.Path(path_type=Path),
+              help="The Trove tree to send (default: the one given to 'dev up').")
+@click.option("--no-restart", is_flag=True, help="Send and install, but leave the agent "
+              "running as it is.")
+@click.pass_context
+def dev_sync(ctx, trove_src, no_restart):
+    """Push the changed files of the Trove tree into the guest, make the
+    agent use them, restart it; time the transfer, the restart and its
+    first answer.
+
+    \b
+    Examples:
+      trove-image-builder dev sync
+      trove-image-builder dev sync --trove-src ~/src/trove
+    """
+    from .vm.dev import state, sync
+    st = state.running(_dev_folder(ctx))
+    with terminate_as_interrupt():
+        result = sync.sync(st, trove_src, restart=not no_restart)
+    click.echo(json.dumps(result, indent=2))
+
+
+@dev_group.command("prepare")
+@click.pass_context
+def dev_prepare(ctx):
+    """Play Trove's prepare against the VM: prepare, 'healthy', a database,
+    a user, a query from the host.
+
+    \b
+    Example:
+      trove-image-builder dev prepare
+    """
+    from .vm.dev import control, state
+    with terminate_as_interrupt():
+        result = control.prepare(state.running(_dev_folder(ctx)))
+    click.echo(json.dumps(result, indent=2))
+
+
+@dev_group.command("rpc")
+@click.argument("method")
+@click.argument("arguments", nargs=-1)
+@click.option("--timeout", type=float, default=60, show_default=True,
+              help="Seconds to wait for the answer.")
+@click.pass_context
+def dev_rpc(ctx, method, arguments, timeout):
+    """Call the agent's METHOD as Trove does, with key=value ARGUMENTS (JSON
+    values, or strings); print the answer as JSON.
+
+    \b
+    Examples:
+      trove-image-builder dev rpc rpc_ping
+      trove-image-builder dev rpc list_databases limit=10
+      trove-image-builder dev rpc get_filesystem_stats fs_path=/var/lib/mysql
+    """
+    from .vm.dev import control, state
+    kwargs = control.parse_arguments(arguments)
+    answer = control.call(state.running(_dev_folder(ctx)), method, kwargs, timeout)
+    click.echo(json.dumps(answer, indent=2, default=str))
+
+
+@dev_group.command("reset")
+@click.pass_context
+def dev_reset(ctx):
+    """Bring the guest back to "booted, never prepared" without a new boot:
+    no datastore container, the volume wiped, no prepare markers.
+
+    \b
+    Example:
+      trove-image-builder dev reset
+    """
+    from .vm.dev import control, state
+    click.echo(json.dumps(control.reset(state.running(_dev_folder(ctx))), indent=2))
+
+
+@dev_group.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def dev_ssh(ctx, command):
+    """Open a shell in the guest, or run COMMAND there (put options after
+    '--': dev ssh -- sudo docker ps -a); exits with its code.
+
+    \b
+    Examples:
+      trove-image-builder dev ssh
+      trove-image-builder dev ssh uptime
+    """
+    import subprocess
+    from .vm.dev import state
+    st = state.running(_dev_folder(ctx))
+    ctx.exit(subprocess.run(st.guest().ssh_argv(*command)).returncode)
+
+
+@dev_group.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what the agent writes.")
+@click.option("-n", "--lines", type=int, default=100, show_default=True,
+              help="How many of the last lines to show.")
+@click.option("--journal", is_flag=True, help="The agent unit's journal instead of its "
+              "log file.")
+@click.pass_context
+def dev_logs(ctx, follow, lines, journal):
+    """Show the agent's log file (or its journal).
+
+    \b
+    Examples:
+      trove-image-builder dev logs -f
+      trove-image-builder dev logs --journal -n 50
+    """
+    import subprocess
+    from .vm.dev import state
+    st = state.running(_dev_folder(ctx))
+    if journal:
+        command = f"sudo journalctl -u {st.agent_unit} --no-pager -n {lines}"
+        command += " -f" if follow else ""
+    else:
+        command = f"sudo tail -n {lines}{' -F' if follow else ''} {shlex.quote(st.agent_log)}"
+    ctx.exit(subprocess.run(st.guest().ssh_argv(command)).returncode)
+
+
+@dev_group.command("down")
+@click.pass_context
+def dev_down(ctx):
+    """Stop the VM, its broker and conductor; remove the state folder.
+
+    \b
+    Example:
+      trove-image-builder dev down
+    """
+    from .vm.dev import machine
+    stopped = machine.down(_dev_folder(ctx))
+    click.echo(json.dumps({"stopped": stopped}))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -93,6 +93,12 @@ def datastore_port(manager: str) -> int:
     return next(port for ports in ranges for port in ports)
 
 
+def device_path(manager: str) -> str:
+    """The volume's device in the guest: Trove's ``[<manager>] device_path``
+    (the taskmanager sends it with prepare)."""
+    return _datastore_group(manager).device_path
+
+
 def mount_point(manager: str) -> str:
     """Where the agent mounts the volume: Trove's ``[<manager>] mount_point``
     (the taskmanager sends it with prepare)."""
@@ -149,8 +155,11 @@ def trove_rpc(url: str, tls=None, conductor_queue: str | None = None,
     # Without logging set up, Python prints warnings on stderr: Trove's
     # client logs each timed-out call (we poll) with its traceback, and py-amqp
     # warns of the broker's consumer cancel each time an RPC server stops.
+    # (and a library may have given the root logger a handler: not to ours)
     quiet = logging.NullHandler()
-    logging.getLogger("trove").addHandler(quiet)
+    trove_log = logging.getLogger("trove")
+    trove_log.addHandler(quiet)
+    propagate, trove_log.propagate = trove_log.propagate, False
     logging.getLogger("amqp").addFilter(_not_cancel_notice)
     transport = None
     try:
@@ -159,7 +168,8 @@ def trove_rpc(url: str, tls=None, conductor_queue: str | None = None,
     finally:
         if transport is not None:
             transport.cleanup()
-        logging.getLogger("trove").removeHandler(quiet)
+        trove_log.removeHandler(quiet)
+        trove_log.propagate = propagate
         logging.getLogger("amqp").removeFilter(_not_cancel_notice)
         _read_conf("")
 
@@ -469,6 +479,11 @@ class Taskmanager:
                                             "databases": [{"name": d} for d in databases]}])
         self.client(context).create_user(users)
         return context.request_id
+
+    def call(self, method: str, timeout: float = 60, **kwargs):
+        """Call any agent method as Trove's API does (an RPC call, version
+        1.0); GuestError or GuestTimeout as Trove's client raises them."""
+        return self.client(_context(self.tenant_id))._call(method, timeout, "1.0", **kwargs)
 
     def list_databases(self) -> list[str]:
         schemas, _marker = self.client(_context(self.tenant_id)).list_databases()
