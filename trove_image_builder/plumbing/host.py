@@ -134,3 +134,12 @@ def require(found: list[Check], needed_for: str) -> None:
     if missing:
         lines = "; ".join(f"{c.name}: {c.detail} ({c.fix})" for c in missing)
         raise HostError(f"this host cannot {needed_for}: {lines}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a forward or a service
+    of our own)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -16,7 +16,6 @@ import json
 import logging
 from pathlib import Path
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ from ..errors import HostError, InputError, VerifyError
 from ..contract import injected
 from ..contract.injected import Injection
 from ..plumbing.imagefs import image_info
+from ..plumbing.host import free_port
 from ..plumbing.runner import run, stop
 
 GUEST_FORWARD_IP = "10.0.2.100"
@@ -83,12 +83,6 @@ class Guest:
         except OSError:
             return ""
         return "\n".join(text[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def config_drive(folder: Path, out: Path, instance_id: str, public_key: str,

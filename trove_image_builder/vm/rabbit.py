@@ -57,12 +57,6 @@ def _tool(name: str) -> str:
     return str(direct) if direct.exists() else (host.which(name) or name)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _epmd_running(proc: Path = Path("/proc")) -> bool:
     """An epmd is alive. One that has exited but is not reaped yet does not
     count: taken for a running one, it would be left running after us."""
@@ -121,8 +115,8 @@ class LocalRabbit:
         if tls is not None:
             _tls_files(tls, "broker")
         self.tls = tls
-        self.port = port or _free_port()
-        self.dist_port = _free_port()
+        self.port = port or host.free_port()
+        self.dist_port = host.free_port()
         self.node = f"tib{uuid.uuid4().hex[:8]}@localhost"
         self._own_home = home is None
         if home is None:
