@@ -15,6 +15,7 @@ def no_datastore_image_builds(monkeypatch, tmp_path_factory):
     never run mmdebstrap, whatever the cache holds."""
     import tarfile
     from trove_image_builder.build import stage
+    from trove_image_builder.plumbing.runner import sha256_of
     from trove_image_builder.build.datastore_image import DatastoreImage, archive as writer
 
     def fake_build(ref, cache=None, **_options):
@@ -27,7 +28,8 @@ def no_datastore_image_builds(monkeypatch, tmp_path_factory):
                                 architecture="amd64", created_by="test")
         return DatastoreImage(ref=ref, archive=archive, image_id=image_id,
                               size_bytes=archive.stat().st_size,
-                              packages={"fake-server": "1.0"}, inputs_hash="fake")
+                              packages={"fake-server": "1.0"}, inputs_hash="fake",
+                              archive_sha256=sha256_of(archive))
     monkeypatch.setattr(stage, "build_datastore_image", fake_build)
 
 

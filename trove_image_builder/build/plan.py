@@ -4,6 +4,7 @@ variables, which image. Backends execute a plan; they do not read profiles.
 from dataclasses import dataclass
 from pathlib import Path
 
+from .datastore_image import known
 from ..elements import DatastoreInfo, Element, datastores, search_path
 from ..errors import InputError
 from ..profile import DISTROS, Profile
@@ -135,7 +136,6 @@ def check_inputs(plan: BuildPlan) -> None:
             f"{plan.profile.source}: certificates.user_hook: {hook} is not a file; "
             "give the path of your script, relative to the profile")
     if plan.datastore_image:
-        from .datastore_image import known
         if plan.datastore_image not in known():
             raise InputError(
                 f"{plan.profile.source}: datastore.image: built: no recipe here for "

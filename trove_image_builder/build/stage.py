@@ -15,6 +15,7 @@ import time
 
 from .. import __version__, elements
 from . import backends, images
+from .cache import cache_dir
 from .datastore_image import build as build_datastore_image
 from ..plumbing import host, imagefs, log
 from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
@@ -23,12 +24,6 @@ from .manifest import check_contents, contract_for, read_contents
 from .plan import BuildPlan, check_inputs, make_plan
 
 MANIFEST_SCHEMA = 2
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("TROVE_IMAGE_BUILDER_CACHE") or \
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trove-image-builder"
-    return Path(base)
 
 
 def host_ca_bundle() -> Path | None:
@@ -117,12 +112,15 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
     if preview.datastore_image:
         with log.step(f"the datastore image {preview.datastore_image} (built here, "
                       "or from the cache)", timings, "datastore-image"):
-            # Debian packages: from the profile's Debian mirror, if it has one
-            mirror = {"mirror": profile.os.mirror} if profile.os.distro == "debian" \
-                and profile.os.mirror else {}
-            made = build_datastore_image(preview.datastore_image, **mirror)
+            # Debian packages: from the profile's Debian mirrors, if it has them
+            mirrors = {}
+            if profile.os.distro == "debian" and profile.os.mirror:
+                mirrors["mirror"] = profile.os.mirror
+            if profile.os.distro == "debian" and profile.os.security_mirror:
+                mirrors["security_mirror"] = profile.os.security_mirror
+            made = build_datastore_image(preview.datastore_image, **mirrors)
             prepared.append(images.PreparedImage(
-                made.ref, made.archive, made.image_id, sha256_of(made.archive),
+                made.ref, made.archive, made.image_id, made.archive_sha256,
                 made.size_bytes, packages=made.packages))
     if profile.datastore is not None and profile.datastore.images:
         with log.step("prepare the preloaded container images", timings, "images"):

@@ -103,6 +103,7 @@ from ...errors import BuildError, HostError, InputError
 from ...plumbing import host, log
 from ...plumbing.cleanup import release_workdir
 from ...plumbing.runner import run, sha256_of
+from ..cache import cache_dir
 from . import archive, recipes
 from .recipes import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
 
@@ -117,6 +118,7 @@ class DatastoreImage:
     size_bytes: int
     packages: dict        # {"mariadb-server": "1:11.8.3-1", ...}: every package inside
     inputs_hash: str
+    archive_sha256: str = ""  # of the archive, as written (from the sidecar)
 
 
 def known() -> list[str]:
@@ -139,9 +141,6 @@ def recipe(ref: str) -> Recipe:
 
 
 def default_cache() -> Path:
-    # imported here, not above: the guest image build (stage) uses this
-    # package, so importing stage at module level would make a cycle
-    from ..stage import cache_dir
     return cache_dir() / "datastore-images"
 
 
@@ -166,7 +165,7 @@ def _load(entry: Path, rec: Recipe, digest: str) -> DatastoreImage | None:
     if not whole:
         return None
     return DatastoreImage(rec.ref, path, meta["image_id"], meta["size_bytes"],
-                          dict(meta["packages"]), digest)
+                          dict(meta["packages"]), digest, meta["archive_sha256"])
 
 
 def cached(ref: str, cache: Path | None = None, *, mirror: str = DEFAULT_MIRROR,
