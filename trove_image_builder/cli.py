@@ -226,9 +226,17 @@ def check(backend):
 @click.option("--verify", "verify_after", is_flag=True,
               help="Verify the image offline before it is moved into place; a failed "
                    "check fails the build.")
+@click.option("--explain", is_flag=True,
+              help="Say for each cached layer whether it is reused or rebuilt, and why "
+                   "(with --dry-run: only that).")
+@click.option("--refresh", is_flag=True,
+              help="Rebuild every layer (take the newest packages); the cache is updated.")
+@click.option("--no-layers", is_flag=True,
+              help="Build in one backend run, reusing no cached layer.")
 @set_option
 @elements_path_option
-def build(profile, output, backend, dry_run, verify_after, sets, extra_paths):
+def build(profile, output, backend, dry_run, verify_after, explain, refresh, no_layers,
+          sets, extra_paths):
     """Build PROFILE (a name or a YAML path) into a disk image.
 
     \b
@@ -236,25 +244,34 @@ def build(profile, output, backend, dry_run, verify_after, sets, extra_paths):
       trove-image-builder build prod-mariadb -o out/prod-mariadb.qcow2 --verify
       trove-image-builder build prod-mariadb --set image.size=6G --dry-run
       trove-image-builder build dev-mariadb --set trove_source=../trove
+      trove-image-builder build prod-mariadb --explain --dry-run
     """
     known = elements.discover(extra_paths)
     prof = profiles.load(profile, sets, known_elements=known)
+    options = build_mod.Options(layers=not no_layers, refresh=refresh)
     if dry_run:
         plan = build_mod.plan_for(prof, output, extra_paths, known)
         build_mod.check_inputs(plan)
         back = backends.get(backend or prof.backend)
+        if explain:
+            for line in build_mod.explain(prof, output, extra_paths, backend, options):
+                click.echo(line)
+            return
         for line in back.describe(plan, build_mod.cache_dir() / "work" / "BUILD",
                                   build_mod.cache_dir()):
             click.echo(line)
         return
+    if explain:
+        for line in build_mod.explain(prof, output, extra_paths, backend, options):
+            log.info(line)
     if not verify_after:
-        image, manifest = build_mod.build(prof, output, extra_paths, backend)
+        image, manifest = build_mod.build(prof, output, extra_paths, backend, options)
     else:
         # stage, verify the staged image, publish: a failed check leaves
         # nothing at the output path
         from .contract.expectations import from_manifest
         from .verify import runner as verify_mod
-        with build_mod.staged(prof, output, extra_paths, backend) as st:
+        with build_mod.staged(prof, output, extra_paths, backend, options) as st:
             with log.step("verify before moving into place", st.manifest["timings"],
                           "verify"):
                 report = verify_mod.verify(st.image, from_manifest(st.image, st.manifest))
@@ -265,10 +282,14 @@ def build(profile, output, backend, dry_run, verify_after, sets, extra_paths):
             st.manifest["verified"] = {"offline": True, "checks_passed": sum(
                 1 for o in report.outcomes if o.passed), "seconds": report.seconds}
             image, manifest = build_mod.publish(st)
-    click.echo(json.dumps({"image": str(image),
-                           "sha256": manifest["image"]["sha256"],
-                           "size_bytes": manifest["image"]["size_bytes"],
-                           "seconds": manifest["timings"]["total"]}))
+    result = {"image": str(image), "sha256": manifest["image"]["sha256"],
+              "size_bytes": manifest["image"]["size_bytes"],
+              "seconds": manifest["timings"]["total"]}
+    if manifest.get("layers"):
+        result["layers"] = {o["name"]: "reused" if o["reused"] else "rebuilt"
+                            for o in [*manifest["layers"]["layers"],
+                                      manifest["layers"]["image"]]}
+    click.echo(json.dumps(result))
 
 
 def _expectations(image, profile_ref, sets, extra_paths):
@@ -431,12 +452,23 @@ def dev_up(ctx, profile_ref, trove_src, image, sets, extra_paths):
       trove-image-builder dev up --profile dev-mariadb --trove-src ~/src/trove
       trove-image-builder dev up --image out/dev-mariadb.qcow2
     """
-    from .contract import expectations as expect_mod
-    from .vm.dev import machine, sync
+    from .vm.dev import sync
+    from .vm.dev.state import locked
     folder = _dev_folder(ctx)
-    expect = None
     if trove_src is not None:
         trove_src = sync.check_tree(trove_src)
+    with locked(folder, "up", create=True), terminate_as_interrupt():
+        st, timings = _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths)
+    click.echo(json.dumps({"state": str(st.folder), "image": st.image,
+                           "ssh": shlex.join(st.guest().ssh_argv()), "guest_id": st.guest_id,
+                           "broker": st.broker_url, "forwards": st.forwarded,
+                           "trove_src": st.trove_src, "seconds": timings}, indent=2))
+
+
+def _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths):
+    from .contract import expectations as expect_mod
+    from .vm.dev import machine
+    expect = None
     if machine.existing(folder) is None:
         if image is None:
             set_src = [f"trove_source={trove_src}"] if trove_src else []
@@ -446,17 +478,11 @@ def dev_up(ctx, profile_ref, trove_src, image, sets, extra_paths):
             image = build_mod.cache_dir() / "dev" / "images" / \
                 f"{prof.name}-{digest}.{prof.image.format}"
             if not image.is_file():
-                with terminate_as_interrupt():
-                    build_mod.build(prof, image, extra_paths, None)
+                build_mod.build(prof, image, extra_paths, None)
             else:
                 log.info(f"the image of {prof.name} with this profile is built: {image}")
         expect = expect_mod.load(image)
-    with terminate_as_interrupt():
-        st, timings = machine.up(folder, image, expect, str(trove_src) if trove_src else None)
-    click.echo(json.dumps({"state": str(st.folder), "image": st.image,
-                           "ssh": shlex.join(st.guest().ssh_argv()), "guest_id": st.guest_id,
-                           "broker": st.broker_url, "forwards": st.forwarded,
-                           "trove_src": st.trove_src, "seconds": timings}, indent=2))
+    return machine.up(folder, image, expect, str(trove_src) if trove_src else None)
 
 
 @dev_group.command("status")
@@ -490,9 +516,9 @@ def dev_sync(ctx, trove_src, no_restart):
       trove-image-builder dev sync --trove-src ~/src/trove
     """
     from .vm.dev import state, sync
-    st = state.running(_dev_folder(ctx))
-    with terminate_as_interrupt():
-        result = sync.sync(st, trove_src, restart=not no_restart)
+    folder = _dev_folder(ctx)
+    with state.locked(folder, "sync"), terminate_as_interrupt():
+        result = sync.sync(state.running(folder), trove_src, restart=not no_restart)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -507,8 +533,9 @@ def dev_prepare(ctx):
       trove-image-builder dev prepare
     """
     from .vm.dev import control, state
-    with terminate_as_interrupt():
-        result = control.prepare(state.running(_dev_folder(ctx)))
+    folder = _dev_folder(ctx)
+    with state.locked(folder, "prepare"), terminate_as_interrupt():
+        result = control.prepare(state.running(folder))
     click.echo(json.dumps(result, indent=2))
 
 
@@ -545,7 +572,10 @@ def dev_reset(ctx):
       trove-image-builder dev reset
     """
     from .vm.dev import control, state
-    click.echo(json.dumps(control.reset(state.running(_dev_folder(ctx))), indent=2))
+    folder = _dev_folder(ctx)
+    with state.locked(folder, "reset"), terminate_as_interrupt():
+        result = control.reset(state.running(folder))
+    click.echo(json.dumps(result, indent=2))
 
 
 @dev_group.command("ssh", context_settings={"ignore_unknown_options": True})
@@ -601,8 +631,10 @@ def dev_down(ctx):
     Example:
       trove-image-builder dev down
     """
-    from .vm.dev import machine
-    stopped = machine.down(_dev_folder(ctx))
+    from .vm.dev import machine, state
+    folder = _dev_folder(ctx)
+    with state.locked(folder, "down"):
+        stopped = machine.down(folder)
     click.echo(json.dumps({"stopped": stopped}))
 
 

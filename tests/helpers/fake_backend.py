@@ -11,6 +11,7 @@ class FakeBackend(Backend):
     """Writes a few bytes as the image; raises what ``fail`` holds."""
     name = "fake"
     tools = ()
+    layered = False
     fail: BaseException | None = None
     seen: list = []
 

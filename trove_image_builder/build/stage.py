@@ -14,9 +14,9 @@ import tempfile
 import time
 
 from .. import __version__, elements
-from . import backends, images
-from .cache import cache_dir
-from .datastore_image import build as build_datastore_image
+from . import backends, images, layered, layers
+from .cache import LayerCache, cache_dir
+from .datastore_image import build as build_datastore_image, cached as cached_datastore_image
 from ..plumbing import host, imagefs, log
 from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
 from ..plumbing.runner import run, sha256_of
@@ -71,8 +71,17 @@ class Staged:
     out: Path
 
 
+@dataclass(frozen=True)
+class Options:
+    """How to build: in layers (reusing cached ones) or in one backend
+    run; --refresh rebuilds every layer."""
+    layers: bool = True
+    refresh: bool = False
+
+
 @contextlib.contextmanager
-def staged(profile, output=None, extra_paths=(), backend_name=None):
+def staged(profile, output=None, extra_paths=(), backend_name=None,
+           options: Options = Options()):
     """Build the profile into a staging folder beside the output path; yield
     a Staged. On leaving, the staging folder goes, with anything that was not
     published; nothing is ever left half-written at the output path."""
@@ -91,10 +100,54 @@ def staged(profile, output=None, extra_paths=(), backend_name=None):
             inputs, prepared = _build_inputs(preview, workdir, timings)
             # the plan is made once, with everything the build will use
             plan = plan_for(profile, output, extra_paths, known, **inputs)
-            yield _stage(plan, backend, workdir, out, prepared, timings, started)
+            yield _stage(plan, backend, workdir, out, prepared, timings, started, options)
     finally:
         release_workdir(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _mirrors(profile) -> dict:
+    """Debian packages of a datastore image: from the profile's Debian
+    mirrors, if it has them."""
+    mirrors = {}
+    if profile.os.distro == "debian" and profile.os.mirror:
+        mirrors["mirror"] = profile.os.mirror
+    if profile.os.distro == "debian" and profile.os.security_mirror:
+        mirrors["security_mirror"] = profile.os.security_mirror
+    return mirrors
+
+
+def explain(profile, output=None, extra_paths=(), backend_name=None,
+            options: Options = Options()) -> list[str]:
+    """What a build would reuse and rebuild, and why; builds nothing. The
+    datastore images count as the cache has them (not built yet: the base
+    layer is rebuilt)."""
+    known = elements.discover(extra_paths)
+    preview = plan_for(profile, output, extra_paths, known)
+    check_inputs(preview)
+    backend = backends.get(backend_name or profile.backend)
+    with tempfile.TemporaryDirectory(prefix="tib-explain-") as tmp:
+        listed = []
+        if preview.datastore_image:
+            made = cached_datastore_image(preview.datastore_image, **_mirrors(profile))
+            if made is not None:
+                listed.append(images.PreparedImage(made.ref, made.archive, made.image_id,
+                                                   made.archive_sha256, made.size_bytes))
+        for image in (profile.datastore.images if profile.datastore else ()):
+            path = Path(image.archive).expanduser()
+            if path.is_file():
+                listed.append(images.PreparedImage(image.ref, path,
+                                                   images.docker_archive_id(path), "", 0))
+        inputs = {}
+        if listed:
+            inputs["images_list"] = images.write_list(listed, Path(tmp) / "images.list")
+        plan = plan_for(profile, output, extra_paths, known, **inputs)
+        layering, why_not = layering_for(plan, options, backend)
+        if layering is None:
+            return [f"layers: none ({why_not})"]
+        outcomes, whole = layered.decide(plan, layering, LayerCache(), backend.name,
+                                         options.refresh)
+        return layered.explain_lines(layering, outcomes, whole)
 
 
 def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dict, list]:
@@ -112,13 +165,7 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
     if preview.datastore_image:
         with log.step(f"the datastore image {preview.datastore_image} (built here, "
                       "or from the cache)", timings, "datastore-image"):
-            # Debian packages: from the profile's Debian mirrors, if it has them
-            mirrors = {}
-            if profile.os.distro == "debian" and profile.os.mirror:
-                mirrors["mirror"] = profile.os.mirror
-            if profile.os.distro == "debian" and profile.os.security_mirror:
-                mirrors["security_mirror"] = profile.os.security_mirror
-            made = build_datastore_image(preview.datastore_image, **mirrors)
+            made = build_datastore_image(preview.datastore_image, **_mirrors(profile))
             prepared.append(images.PreparedImage(
                 made.ref, made.archive, made.image_id, made.archive_sha256,
                 made.size_bytes, packages=made.packages))
@@ -132,14 +179,37 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
     return inputs, prepared
 
 
+def layering_for(plan: BuildPlan, options: Options,
+                 backend) -> tuple[layers.Layering | None, str]:
+    """The plan's layers, or None and why it is built in one run."""
+    if not options.layers:
+        return None, "--no-layers: one backend run, nothing reused"
+    if not backend.layered:
+        return None, f"the {backend.name} backend builds in one run"
+    why_not = layers.layerable(plan)
+    if why_not:
+        return None, why_not
+    return layers.plan_layers(plan), ""
+
+
 def _stage(plan: BuildPlan, backend, workdir: Path, out: Path, prepared: list,
-           timings: dict, started: float) -> Staged:
+           timings: dict, started: float, options: Options = Options()) -> Staged:
     profile = plan.profile
     side = sidecars(out)
     dev_public_key = plan.env.get("TROVE_DEV_SSH_PUBKEY") if plan.dev_key else None
+    layering, why_not = layering_for(plan, options, backend)
+    layer_report = None
     with log.step(f"build with {backend.name} ({len(plan.elements)} elements)",
                   timings, "backend"):
-        image = backend.build(plan, workdir, cache_dir(), side["log"], timings)
+        if layering is None:
+            log.info(f"layers: none ({why_not})")
+            image = backend.build(plan, workdir, cache_dir(), side["log"], timings)
+        else:
+            image, outcomes, whole = layered.build(
+                plan, layering, backend, workdir, LayerCache(), side["log"], timings,
+                options.refresh)
+            layer_report = {"layers": [o.to_dict() for o in outcomes],
+                            "image": whole.to_dict(), "notes": list(layering.notes)}
     with log.step("read the image's contents", timings, "inspect"):
         contents = read_contents(image, plan, prepared)
         check_contents(contents, plan)
@@ -168,6 +238,8 @@ def _stage(plan: BuildPlan, backend, workdir: Path, out: Path, prepared: list,
         **contents,
         "contract": contract.to_dict(),
         "dev_ssh_key": str(plan.dev_key) if plan.dev_key else None,
+        # which cached layers were reused (null: built in one backend run)
+        "layers": layer_report,
         "timings": timings,
     }
     return Staged(plan, image, manifest, workdir, out)
@@ -191,8 +263,9 @@ def publish(st: Staged) -> tuple[Path, dict]:
     return st.plan.output, st.manifest
 
 
-def build(profile, output=None, extra_paths=(), backend_name=None) -> tuple[Path, dict]:
+def build(profile, output=None, extra_paths=(), backend_name=None,
+          options: Options = Options()) -> tuple[Path, dict]:
     """Build the profile and publish it; return the image path and its
     manifest. Raises on failure, leaving nothing at the output path."""
-    with staged(profile, output, extra_paths, backend_name) as st:
+    with staged(profile, output, extra_paths, backend_name, options) as st:
         return publish(st)

@@ -18,6 +18,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: (tool, the Debian package that has it, what it is needed for)
     tools: ClassVar[tuple]
+    #: whether build() can make the base layer of a layered build (a plan
+    #: reduced to the base elements, written as an uncompressed qcow2)
+    layered: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
