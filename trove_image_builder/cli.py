@@ -198,6 +198,92 @@ def datastore_image_build(ref, mirror, security_mirror, rebuild, output):
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.group("cache")
+def cache_group():
+    """The build cache: layers and finished images, kept under a size bound."""
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n}"
+
+
+@cache_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cache_list(as_json):
+    """List the cached layers and images: kind, key, size, profile, when
+    made and last used; then the folder's total and its bound.
+
+    \b
+    Examples:
+      trove-image-builder cache list
+      trove-image-builder cache list --json
+    """
+    from .build.cache import LayerCache, max_bytes, when
+    cache = LayerCache()
+    rows = sorted(cache.entries(), key=lambda e: e.last_used, reverse=True)
+    total = sum(e.size_bytes for e in rows)
+    if as_json:
+        click.echo(json.dumps({
+            "folder": str(cache.root), "total_bytes": total, "max_bytes": max_bytes(),
+            "entries": [{"kind": e.kind, "key": e.key, "path": str(e.path),
+                         "size_bytes": e.size_bytes, "profile": e.meta.get("profile"),
+                         "below": e.below, "created": e.meta.get("created"),
+                         "last_used": e.last_used} for e in rows]}, indent=2))
+        return
+    click.echo(f"{'KIND':7} {'KEY':21} {'SIZE':>8}  {'PROFILE':22} {'MADE':16}  LAST USED")
+    for e in rows:
+        click.echo(f"{e.kind:7} {e.key:21} {_human(e.size_bytes):>8}  "
+                   f"{(e.meta.get('profile') or '-'):22} {when(e.meta.get('created', 0)):16}"
+                   f"  {when(e.last_used)}")
+    click.echo(f"{len(rows)} entries, {_human(total)} in {cache.root} "
+               f"(bound {_human(max_bytes())}, TROVE_IMAGE_BUILDER_CACHE_MAX)")
+
+
+@cache_group.command("clean")
+@click.option("--all", "everything", is_flag=True, help="Remove every layer and image.")
+@click.option("--older-than", type=float, metavar="DAYS",
+              help="Remove what was last used more than DAYS ago.")
+@click.option("--max-size", metavar="SIZE",
+              help="Remove least recently used entries until the cache fits SIZE "
+                   "(default: the bound, TROVE_IMAGE_BUILDER_CACHE_MAX or 30G).")
+def cache_clean(everything, older_than, max_size):
+    """Remove cached layers and images (an entry goes with the entries built
+    on it); print what was removed and what is left.
+
+    \b
+    Examples:
+      trove-image-builder cache clean                 # down to the bound
+      trove-image-builder cache clean --max-size 10G
+      trove-image-builder cache clean --older-than 14
+      trove-image-builder cache clean --all
+    """
+    import time
+    from .build.cache import LayerCache, max_bytes, parse_size
+    cache = LayerCache()
+    cache.clean_stale()
+    removed = []
+    if everything:
+        for entry in cache.entries():
+            if entry.path.exists():
+                removed += cache.remove(entry)
+    if older_than is not None:
+        cutoff = time.time() - older_than * 86400
+        for entry in cache.entries():
+            if entry.last_used < cutoff and entry.path.exists():
+                removed += cache.remove(entry)
+    limit = parse_size(max_size, "--max-size") if max_size else max_bytes()
+    removed += cache.evict(limit)
+    for entry in removed:
+        click.echo(f"removed {entry.kind} {entry.key} ({entry.path.name})")
+    left = cache.entries()
+    click.echo(f"{len(removed)} removed; {len(left)} entries, "
+               f"{_human(sum(e.size_bytes for e in left))} left in {cache.root}")
+
+
 @main.command("check")
 @click.option("--backend", type=click.Choice(backends.names()), default="dib",
               show_default=True, help="Backend to check for.")

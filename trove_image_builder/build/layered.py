@@ -130,7 +130,9 @@ def build(plan: BuildPlan, layering: Layering, backend, workdir: Path, cache: La
         entry = cache.lookup("image", image.key, fmt)
         with log.step("copy the cached image", timings, "layer.image"):
             _copy(entry.path, final)
-        cache.touch(entry)
+        for used in [entry, *(cache.lookup(layer.name, layer.key) for layer in layering.layers)]:
+            if used is not None:
+                cache.touch(used)
         return final, outcomes, image
     below: Path | None = None
     log_path.write_text("")
