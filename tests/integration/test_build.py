@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from trove_image_builder.build.cache import LayerCache
 from trove_image_builder.plumbing import imagefs
 from trove_image_builder.plumbing.cleanup import loops_backed_by
 
@@ -86,16 +87,22 @@ def _no_leftovers(folder: Path):
     assert not any(p.name.startswith(".") for p in folder.iterdir()), list(folder.iterdir())
 
 
-def test_interrupted_build_leaves_nothing(tmp_path, prod_mariadb):
+@pytest.mark.parametrize("how,mark", [
+    # in DIB's own run (one run: the cached layers are not used)
+    (["--no-layers"], "/install.d/"),
+    # in the chroot of the agent layer (another agent version: the base is reused)
+    (["--set", "guest_agent.version=25.0.0"], "layer: install.d/60-guest-agent"),
+], ids=["dib", "chroot-layer"])
+def test_interrupted_build_leaves_nothing(tmp_path, prod_mariadb, how, mark):
     # prod_mariadb first: the bootstrap cache is warm, so mounts exist early.
     out = tmp_path / "interrupted.qcow2"
     log = tmp_path / "interrupted.qcow2.log"
     proc = subprocess.Popen([sys.executable, "-m", "trove_image_builder.cli", "build",
-                             "prod-mariadb", "-o", str(out)], cwd=REPO, text=True,
+                             "prod-mariadb", "-o", str(out), *how], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if log.exists() and "/install.d/" in log.read_text(errors="replace"):
+        if log.exists() and mark in log.read_text(errors="replace"):
             break
         assert proc.poll() is None, proc.communicate()
         time.sleep(1)
@@ -108,6 +115,9 @@ def test_interrupted_build_leaves_nothing(tmp_path, prod_mariadb):
     assert "Traceback" not in stderr
     assert not out.exists()
     _no_leftovers(tmp_path)
+    layers = LayerCache().root
+    assert not list(layers.glob(".new-*")), list(layers.glob(".new-*"))
+    assert "tib-mount-" not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_failed_build_says_why_and_leaves_nothing(tmp_path, prod_mariadb):

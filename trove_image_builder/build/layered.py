@@ -186,6 +186,7 @@ def _copy(src: Path, dest: Path) -> None:
 
 def _build_base(plan, layer: Layer, backend, workdir: Path, cache: LayerCache,
                 log_path: Path, timings: dict) -> Path:
+    (workdir / "base").mkdir(exist_ok=True)
     made = backend.build(base_plan(plan, layer), workdir / "base", cache.root.parent,
                          log_path, timings)
     if not layer.cacheable:
