@@ -69,20 +69,66 @@ def profiles_group():
     """List and show the shipped profiles."""
 
 
+def _columns(rows) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]]).rstrip()
+            for row in rows]
+
+
+def _datastore_cell(entry: dict) -> str:
+    ds = entry["datastore"]
+    if ds is None:
+        return "-"
+    return " ".join(filter(None, (ds["name"], ds["version"]))) + f" ({ds['runtime']})"
+
+
 @profiles_group.command("list")
 def profiles_list():
-    """List the shipped profiles with their description.
+    """List the shipped profiles: OS, datastore and description.
 
     \b
     Example:
       trove-image-builder profiles list
     """
+    rows = [("NAME", "OS", "DATASTORE", "DESCRIPTION")]
     for name, path in profiles.available().items():
         try:
-            desc = profiles.load(name).description
+            prof = profiles.load(name)
         except TroveImageBuilderError as exc:
-            desc = f"(invalid: {exc.message})"
-        click.echo(f"{name:24} {desc}")
+            rows.append((name, "?", "?", f"(invalid: {exc.message})"))
+            continue
+        entry = profiles.matrix_entry(prof, path)
+        rows.append((name, f"{prof.os.distro} {prof.os.release}", _datastore_cell(entry),
+                     prof.description))
+    click.echo("\n".join(_columns(rows)))
+
+
+@profiles_group.command("matrix")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON list (by name), for CI systems to fan out on.")
+def profiles_matrix(as_json):
+    """Every shipped profile with its OS, datastore, variant, backend and file.
+
+    An invalid profile fails the command (exit code 2), naming its file and field.
+
+    \b
+    Examples:
+      trove-image-builder profiles matrix
+      trove-image-builder profiles matrix --json
+    """
+    entries = profiles.matrix(known_elements=elements.discover())
+    if as_json:
+        click.echo(json.dumps(entries))     # one line: fits a CI output variable
+        return
+    rows = [("NAME", "DISTRO", "RELEASE", "DATASTORE", "VERSION", "RUNTIME", "VARIANT",
+             "BACKEND", "FILE")]
+    for e in entries:
+        ds = e["datastore"] or {}
+        rows.append((e["name"], e["os"]["distro"], e["os"]["release"], ds.get("name") or "-",
+                     ds.get("version") or "-", ds.get("runtime") or "-", e["variant"],
+                     e["backend"], e["file"]))
+    click.echo("\n".join(_columns(rows)))
 
 
 @profiles_group.command("show")

@@ -40,7 +40,9 @@ def lines(text):
 def test_profiles_list_lists_every_shipped_profile():
     result = run("profiles", "list")
     assert result.exit_code == 0, result.output
-    listed = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines(result.stdout)}
+    header, *rows = lines(result.stdout)
+    start = header.index("DESCRIPTION")     # after the OS and DATASTORE columns
+    listed = {ln.split()[0]: ln[start:] for ln in rows}
     assert sorted(listed) == SHIPPED
     for name in SHIPPED:
         assert listed[name] == profiles.load(name).description
@@ -54,10 +56,10 @@ def test_profiles_list_marks_an_invalid_profile(tmp_path, monkeypatch):
     monkeypatch.setattr(profiles, "profiles_dir", lambda: tmp_path)
     result = run("profiles", "list")
     assert result.exit_code == 0, result.output
-    out = lines(result.stdout)
+    out = lines(result.stdout)[1:]          # below the header
     assert len(out) == 2
     assert out[0].startswith("broken ") and "(invalid: " in out[0] and "colour" in out[0]
-    assert out[1].split() == ["good", "fine"]
+    assert out[1].split() == ["good", "debian", "bookworm", "-", "fine"]
 
 
 def test_profiles_show_with_set():

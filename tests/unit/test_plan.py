@@ -132,7 +132,7 @@ def test_other_distro_and_release(plan_of):
     plan = plan_of("base-debian", ["os.distro=ubuntu", "os.release=null",
                                    "os.mirror=null", "os.security_mirror=null"])
     assert plan.elements[0] == "ubuntu-minimal"
-    assert plan.env["DIB_RELEASE"] == "jammy"
+    assert plan.env["DIB_RELEASE"] == "noble"
     assert "DIB_DISTRIBUTION_MIRROR" not in plan.env
     assert "DIB_DEBIAN_SECURITY_MIRROR" not in plan.env
 

@@ -770,7 +770,7 @@ def test_release_is_resolved_at_load(write):
     assert p.os.release == "bookworm"
     assert p.to_dict()["os"]["release"] == "bookworm"
     ubuntu = profiles.load(str(write("u.yaml", MINIMAL + "os:\n  distro: ubuntu\n")))
-    assert ubuntu.os.release == ubuntu.release == "jammy"
+    assert ubuntu.os.release == ubuntu.release == "noble"
 
 
 @pytest.mark.parametrize("name, enabled", [("prod-mariadb", True), ("dev-mariadb", False),
@@ -787,7 +787,7 @@ def test_dependent_defaults_follow_what_they_depend_on(known):
     agentless = profiles.load("prod-mariadb", ["guest_agent.install=none"], known_elements=known)
     assert agentless.certificates.enabled is False
     assert profiles.load("base-debian", ["os.distro=ubuntu", "os.release=null"],
-                         known_elements=known).os.release == "jammy"
+                         known_elements=known).os.release == "noble"
 
 
 def test_digest_is_the_same_when_a_default_is_given():

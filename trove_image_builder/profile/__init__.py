@@ -34,7 +34,7 @@ __all__ = [
     "DISTROS", "FIRST_CONTAINER_AGENT", "SET", "TOP_FIELDS", "CertificatesSpec",
     "ContainerImage", "DatastoreSpec", "Distro", "GuestAgentSpec", "ImageSpec", "OsSpec",
     "Profile", "available", "backend_names", "deep_merge", "describe_settings", "from_dict",
-    "load", "locate", "parse_sets", "profiles_dir",
+    "load", "locate", "matrix", "matrix_entry", "parse_sets", "profiles_dir",
 ]
 
 
@@ -84,6 +84,33 @@ def from_dict(data: dict, source: str, known_elements=None) -> Profile:
     profile = dataclasses.replace(profile, source=source)
     validate(profile, {}, source, known_elements)
     return profile
+
+
+def matrix_entry(profile: Profile, path: Path) -> dict:
+    """What a CI system fans out on, for one profile: its name, OS, datastore
+    (None without one), variant, backend, and its file (relative to the
+    folder holding the shipped profiles folder, e.g. profiles/NAME.yaml)."""
+    ds = profile.datastore
+    try:
+        file = path.relative_to(profiles_dir().parent)
+    except ValueError:
+        file = path
+    return {
+        "name": profile.name,
+        "os": {"distro": profile.os.distro, "release": profile.os.release},
+        "datastore": None if ds is None else {
+            "name": ds.name, "version": ds.version, "runtime": ds.runtime},
+        "variant": profile.variant,
+        "backend": profile.backend,
+        "file": str(file),
+    }
+
+
+def matrix(known_elements=None) -> list[dict]:
+    """Every shipped profile as matrix_entry describes it, by name; an
+    invalid one raises its ProfileError (``known_elements`` as for load)."""
+    return [matrix_entry(load(name, known_elements=known_elements), path)
+            for name, path in sorted(available().items())]
 
 
 def __getattr__(name):

@@ -13,6 +13,7 @@ import re
 
 from ..elements import datastores
 from ..errors import ProfileError
+from . import agent_python
 from .settings import describe, parse_bool, parse_env, parse_str_list, section, setting
 
 
@@ -26,7 +27,8 @@ class Distro:
 # OS bases: the ones whose archives the builds reach.
 DISTROS = {
     "debian": Distro("debian-minimal", "bookworm", "DIB_DISTRIBUTION_MIRROR"),
-    "ubuntu": Distro("ubuntu-minimal", "jammy", "DIB_DISTRIBUTION_MIRROR"),
+    # noble: jammy's Python (3.10) cannot run current agents (see agent_python)
+    "ubuntu": Distro("ubuntu-minimal", "noble", "DIB_DISTRIBUTION_MIRROR"),
 }
 
 
@@ -221,6 +223,9 @@ def validate(p: Profile, provenance: dict, leaf: str, known_elements=None) -> No
         err("guest_agent.version", "is required for install: release (e.g. \"26.0.0\")")
     if ga.install == "source" and not ga.path:
         err("guest_agent.path", "is required for install: source (a Trove checkout)")
+    python = agent_python.mismatch(p.os.distro, p.os.release, ga.install, ga.version, ga.path)
+    if python is not None:
+        err(python.field, python.message)
     if p.variant == "production":
         if ga.install == "source":
             err("guest_agent.install", "'source' is for development images; "
