@@ -335,8 +335,14 @@ def test_static_files_agree_with_the_contract():
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="needs shellcheck")
-def test_the_element_script_enables_it_and_passes_shellcheck():
-    script = ELEMENT / "post-install.d/65-container-engine-enable"
-    assert "systemctl enable trove-datastore-image.service\n" in script.read_text()
+def test_the_agent_element_enables_it_and_passes_shellcheck():
+    # the guest-agent element wires the check to the agent: in a layered
+    # build the container engine's layer is made before the agent exists
+    script = ELEMENT.parent / "guest-agent/post-install.d/60-guest-agent-enable"
+    text = script.read_text()
+    assert "    systemctl enable trove-datastore-image.service\n" in text
+    assert "if [ -f /etc/systemd/system/trove-datastore-image.service ]; then" in text
+    assert "trove-datastore-image" not in \
+        (ELEMENT / "post-install.d/65-container-engine-enable").read_text()
     done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

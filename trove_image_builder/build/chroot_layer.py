@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 import shlex
 import shutil
+import signal
 import subprocess
 
 import yaml
@@ -146,10 +147,26 @@ def _clean_env(env: dict) -> dict:
 
 
 def _run_logged(argv, env: dict, logf, what: str) -> None:
+    """Run argv in a process group of its own: on an interrupt the whole
+    group goes (pip and its children too), so nothing keeps the mounted
+    image busy."""
     logf.write(f"# {replay_line(argv)}\n")
     logf.flush()
-    proc = subprocess.run([str(a) for a in argv], env=env, stdout=logf,
-                          stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(a) for a in argv], env=env, stdout=logf,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        proc.wait()
+    except BaseException:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
     if proc.returncode != 0:
         raise BuildError(f"{what} failed with exit code {proc.returncode}; "
                          f"full log: {logf.name}")

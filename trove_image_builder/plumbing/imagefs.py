@@ -102,7 +102,10 @@ def mounted(image: Path, writable: bool = False):
                 yield mnt
             finally:
                 if loop is not None:
-                    run(["umount", str(mnt)], check=False)
+                    if run(["umount", str(mnt)], check=False).returncode != 0:
+                        # still busy (a process that outlived an interrupt):
+                        # detach now, the kernel finishes when it lets go
+                        run(["umount", "-l", str(mnt)], check=False)
                     run(["losetup", "-d", loop], check=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
