@@ -571,18 +571,25 @@ def dev_group(ctx, state_dir):
                    "sends (default: the image's).")
 @click.option("--image", type=click.Path(path_type=Path),
               help="Boot this image instead of building one (its manifest beside it).")
+@click.option("--snapshot", "save", is_flag=True,
+              help="Once the agent has answered after the boot, save the VM (paused for "
+                   "its state and disk copies) so that 'dev down --keep-snapshot' and a "
+                   "later 'dev up' resume it instead of booting.")
+@click.option("--boot", "fresh", is_flag=True,
+              help="Boot, even when a snapshot is kept in the state folder.")
 @set_option
 @elements_path_option
 @click.pass_context
-def dev_up(ctx, profile_ref, trove_src, image, sets, extra_paths):
+def dev_up(ctx, profile_ref, trove_src, image, save, fresh, sets, extra_paths):
     """Build (cached) and boot the development VM with a local RabbitMQ and
-    a conductor; wait for the agent. A second 'dev up' reuses what runs.
+    a conductor; wait for the agent. A second 'dev up' reuses what runs; a
+    snapshot kept by 'dev down --keep-snapshot' is resumed instead of a boot.
 
     \b
     Examples:
       trove-image-builder dev up
       trove-image-builder dev up --profile dev-mariadb --trove-src ~/src/trove
-      trove-image-builder dev up --image out/dev-mariadb.qcow2
+      trove-image-builder dev up --image out/dev-mariadb.qcow2 --snapshot
     """
     from .vm.dev import sync
     from .vm.dev.state import locked
@@ -590,18 +597,21 @@ def dev_up(ctx, profile_ref, trove_src, image, sets, extra_paths):
     if trove_src is not None:
         trove_src = sync.check_tree(trove_src)
     with locked(folder, "up", create=True), terminate_as_interrupt():
-        st, timings = _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths)
+        st, timings = _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths,
+                              save, not fresh)
     click.echo(json.dumps({"state": str(st.folder), "image": st.image,
                            "ssh": shlex.join(st.guest().ssh_argv()), "guest_id": st.guest_id,
                            "broker": st.broker_url, "forwards": st.forwarded,
                            "trove_src": st.trove_src, "seconds": timings}, indent=2))
 
 
-def _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths):
+def _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths, save=False,
+            resume=True):
     from .contract import expectations as expect_mod
     from .vm.dev import machine
     expect = None
-    if machine.existing(folder) is None:
+    resume = resume and machine.resumable(folder, image)
+    if not resume and machine.existing(folder) is None:
         if image is None:
             set_src = [f"trove_source={trove_src}"] if trove_src else []
             known = elements.discover(extra_paths)
@@ -614,14 +624,15 @@ def _dev_up(folder, profile_ref, trove_src, image, sets, extra_paths):
             else:
                 log.info(f"the image of {prof.name} with this profile is built: {image}")
         expect = expect_mod.load(image)
-    return machine.up(folder, image, expect, str(trove_src) if trove_src else None)
+    return machine.up(folder, image, expect, str(trove_src) if trove_src else None,
+                      save=save, resume=resume)
 
 
 @dev_group.command("status")
 @click.pass_context
 def dev_status(ctx):
     """Show the VM, its ports, the broker, the conductor, the agent's last
-    heartbeat and whether it answers rpc_ping.
+    heartbeat, whether it answers rpc_ping and whether the guest was prepared.
 
     \b
     Example:
@@ -755,18 +766,21 @@ def dev_logs(ctx, follow, lines, journal):
 
 
 @dev_group.command("down")
+@click.option("--keep-snapshot", is_flag=True,
+              help="Keep the VM saved by 'dev up --snapshot': the next 'dev up' resumes it.")
 @click.pass_context
-def dev_down(ctx):
+def dev_down(ctx, keep_snapshot):
     """Stop the VM, its broker and conductor; remove the state folder.
 
     \b
-    Example:
+    Examples:
       trove-image-builder dev down
+      trove-image-builder dev down --keep-snapshot
     """
     from .vm.dev import machine, state
     folder = _dev_folder(ctx)
     with state.locked(folder, "down"):
-        stopped = machine.down(folder)
+        stopped = machine.down(folder, keep_snapshot=keep_snapshot)
     click.echo(json.dumps({"stopped": stopped}))
 
 

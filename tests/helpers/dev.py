@@ -90,3 +90,81 @@ class FakeGuest:
 
     def console_tail(self, lines=25):
         return ""
+
+
+HOLD = """
+import sys, time
+from trove_image_builder.vm.dev.state import locked
+with locked(sys.argv[1], sys.argv[2], create=True):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def holding(folder, command):
+    """Another process holding folder's lock as 'dev COMMAND' does."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command],
+                            stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+class FakeQMP:
+    """qemu's monitor on a unix socket, in a thread: records each command
+    and answers from `answers` (command -> a list of returns, the last one
+    repeated); `errors` (command -> desc) makes a command fail."""
+
+    def __init__(self, path, answers=None, errors=None, on=None):
+        import json
+        import socket
+        import threading
+        self.path = Path(path)
+        self.answers = {k: list(v) for k, v in (answers or {}).items()}
+        self.errors = dict(errors or {})
+        self.on = dict(on or {})            # command -> callable(arguments)
+        self.commands = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(self.path))
+        self.server.listen(4)
+        self._json = json
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rw") as fh:
+                fh.write('{"QMP": {"version": {}, "capabilities": []}}\n')
+                fh.flush()
+                for line in fh:
+                    request = self._json.loads(line)
+                    name, arguments = request["execute"], request.get("arguments", {})
+                    self.commands.append((name, arguments))
+                    if name in self.on:
+                        self.on[name](arguments)
+                    fh.write('{"event": "STOP"}\n')       # events come in between
+                    if name in self.errors:
+                        answer = {"error": {"class": "GenericError",
+                                            "desc": self.errors[name]}}
+                    else:
+                        returns = self.answers.get(name) or [{}]
+                        answer = {"return": returns.pop(0) if len(returns) > 1
+                                  else returns[0]}
+                    fh.write(self._json.dumps(answer) + "\n")
+                    fh.flush()
+
+    def names(self) -> list:
+        return [name for name, _ in self.commands]
+
+    def close(self):
+        self.server.close()

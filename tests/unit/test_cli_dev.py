@@ -166,7 +166,7 @@ def test_up_builds_the_profile_once_into_the_cache(folder, tmp_path, monkeypatch
         return output, {}
     monkeypatch.setattr(stage, "build", build)
 
-    def up(folder, image, expect, trove_src):
+    def up(folder, image, expect, trove_src, save=False, resume=True):
         booted.append((image, expect.profile, trove_src))
         return make_state(folder, image=str(image), trove_src=trove_src), {"boot": 1.0}
     monkeypatch.setattr(machine, "up", up)

@@ -331,3 +331,70 @@ def test_a_vm_that_never_answers_is_stopped_with_the_rest(
     (proc,) = started
     assert proc.poll() is not None
     assert FakeBroker.stopped == [45999] and not (tmp_path / "vm").exists()
+
+
+@pytest.mark.parametrize("code, prepared", [(0, True), (1, False), (255, None)])
+def test_status_of_a_running_vm_says_whether_it_was_prepared(
+        tmp_path, monkeypatch, code, prepared):
+    from tests.helpers.dev import Done, FakeGuest
+    from trove_image_builder.vm import rabbit
+    fake = FakeGuest(tmp_path, answers=[("test -e /opt/trove-guestagent/.guestagent."
+                                         "prepare.start", Done(code))])
+    monkeypatch.setattr(state_mod.DevState, "guest", lambda self: fake)
+    monkeypatch.setattr(machine, "_broker", lambda st: FakeBroker(st.folder, 45672))
+    monkeypatch.setattr(rabbit, "rpc_call", lambda *a, **kw: True)
+    with sleeper(tmp_path / "overlay.qcow2") as proc:
+        make_state(tmp_path, qemu_pid=proc.pid).save()
+        found = machine.status(tmp_path)
+    assert found["agent"]["answers"] is True
+    assert found["prepared"] is prepared
+
+
+def test_the_first_ping_waits_until_the_agent_consumes_its_queue(tmp_path, monkeypatch):
+    """A ping sent before is dropped (no queue yet) or waits in the queue
+    until it expires, and the next goes only after the call's timeout."""
+    counts = [0, 0, 0, 1]
+    asked = []
+    monkeypatch.setattr(machine, "agent_consumers", lambda st: asked.append(1) or counts.pop(0))
+    monkeypatch.setattr(machine.time, "sleep", lambda s: None)
+    monkeypatch.setattr(state_mod, "qemu_running", lambda st: True)
+    machine._until_the_agent_listens(make_state(tmp_path), 60)
+    assert len(asked) == 4 and counts == []
+    # a broker that cannot be asked: the pings say what is wrong
+    monkeypatch.setattr(machine, "agent_consumers", lambda st: None)
+    machine._until_the_agent_listens(make_state(tmp_path), 60)
+    # a VM that died: no waiting either
+    monkeypatch.setattr(machine, "agent_consumers", lambda st: 0)
+    monkeypatch.setattr(state_mod, "qemu_running", lambda st: False)
+    machine._until_the_agent_listens(make_state(tmp_path), 60)
+
+
+def test_agent_consumers_asks_the_broker_for_the_agents_server_queue(tmp_path, monkeypatch):
+    import amqp
+    import amqp.protocol
+    declared = []
+
+    class Channel:
+        def queue_declare(self, queue, passive=False):
+            declared.append((queue, passive))
+            if queue.endswith("missing"):
+                raise amqp.exceptions.NotFound("no queue")
+            return amqp.protocol.queue_declare_ok_t(queue, 0, 1)
+
+    class Connection:
+        def __init__(self, host, userid, password, connect_timeout):
+            assert host == "127.0.0.1:45672" and userid == "guest"
+
+        def connect(self):
+            pass
+
+        def channel(self):
+            return Channel()
+
+        def close(self):
+            pass
+    monkeypatch.setattr(amqp, "Connection", Connection)
+    st = make_state(tmp_path)
+    assert machine.agent_consumers(st) == 1
+    assert declared == [(f"guestagent.{st.guest_id}.{st.guest_id}", True)]
+    assert machine.agent_consumers(make_state(tmp_path, guest_id="missing")) == 0

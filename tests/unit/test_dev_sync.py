@@ -177,6 +177,46 @@ def test_first_sync_sends_the_tree_installs_it_editable_and_restarts(st, guest, 
     assert result["seconds"]["first_answer"] == 7.5
 
 
+IMAGE_INSTALL = {"version": "26.0.0", "direct_url": None, "python": "3.11",
+                 "requires": ["pbr>=2.0.0", "oslo.messaging>=14.1.0", "SQLAlchemy>=1.4.0",
+                              'stestr>=3.0; extra == "test"']}
+
+
+def test_same_requirements_as_the_installed_distribution_says_them():
+    requires = IMAGE_INSTALL["requires"]
+    assert sync.same_requirements(REQUIREMENTS, requires)
+    # the marker as written, as the metadata has it, and left out by pbr
+    for installed in ('pyroute2>=0.7.7; sys_platform != "win32"', "pyroute2>=0.7.7"):
+        assert sync.same_requirements("pyroute2>=0.7.7;sys_platform!='win32' # GPL\n",
+                                      [installed], "3.11")
+    # a line for another Python than the guest's
+    assert sync.same_requirements("a>=1\nb>=2;python_version<'3.8'\n", ["a>=1"], "3.11")
+    assert not sync.same_requirements("a>=1\nb>=2;python_version<'3.8'\n", ["a>=1"], "3.7")
+    assert not sync.same_requirements(REQUIREMENTS.replace("14.1.0", "14.3.0"), requires)
+    assert not sync.same_requirements(REQUIREMENTS + "tenacity\n", requires)
+    assert not sync.same_requirements(REQUIREMENTS, None)
+    assert not sync.same_requirements("", [])
+
+
+def test_first_sync_over_the_images_own_install_needs_no_pip_check(st, guest, tree):
+    import json
+    guest.answers.insert(0, ("importlib.metadata", Done(0, json.dumps(IMAGE_INSTALL))))
+    result = sync.sync(st)
+    assert not [s for s in guest.scripts if "--dry-run" in s]
+    assert result["requirements"] == "the same as the image's install of the agent"
+    assert "requirements" not in result["seconds"] and result["installed"] is True
+
+
+def test_an_editable_install_proves_nothing_about_the_venv(st, guest, tree):
+    import json
+    editable = dict(IMAGE_INSTALL, direct_url=json.dumps({
+        "url": "file:///var/lib/trove-dev/trove", "dir_info": {"editable": True}}))
+    guest.answers.insert(0, ("importlib.metadata", Done(0, json.dumps(editable))))
+    result = sync.sync(st)
+    assert [s for s in guest.scripts if "--dry-run" in s]
+    assert result["requirements"] == "satisfied by the agent's venv"
+
+
 def test_second_sync_sends_the_change_only_and_restarts(st, guest, tree):
     sync.sync(st)
     guest.scripts.clear()

@@ -68,12 +68,15 @@ def shim_dir_needed() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def kvm_status() -> tuple[bool, str]:
-    """Whether qemu can really run a KVM vCPU here, and why not."""
+    """Whether qemu can really run a KVM guest here, and why not."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     qemu = which("qemu-system-x86_64")
     if qemu is None:
         return False, "qemu-system-x86_64 is not installed"
+    kernel = _probe_kernel()
+    if kernel is not None:
+        return _kernel_under_kvm(qemu, kernel)
     proc = subprocess.Popen(
         [qemu, "-accel", "kvm", "-cpu", "host", "-display", "none", "-nodefaults",
          "-no-reboot", "-S", "-monitor", "none", "-serial", "none"],
@@ -88,6 +91,50 @@ def kvm_status() -> tuple[bool, str]:
     proc.kill()
     proc.wait()
     return True, "KVM vCPU started"
+
+
+# A vCPU that starts proves little: where nested KVM is broken the firmware
+# may run while a Linux kernel hangs before its first line. So when the host
+# has a kernel in /boot, it is booted under KVM without a root file system:
+# where KVM works it panics ('VFS: Unable to mount root fs') within a second
+# or two; where it does not, qemu aborts (an MSR it cannot set) or the
+# kernel prints nothing.
+KERNEL_PROBE_SECONDS = 8
+
+
+def _probe_kernel() -> Path | None:
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    usable = [k for k in kernels if os.access(k, os.R_OK)]
+    return usable[-1] if usable else None
+
+
+def _kernel_under_kvm(qemu: str, kernel: Path) -> tuple[bool, str]:
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="tib-kvm-") as folder:
+        console, err = Path(folder) / "console", Path(folder) / "err"
+        console.touch()
+        with open(err, "w") as err_file:
+            proc = subprocess.Popen(
+                [qemu, "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none",
+                 "-nodefaults", "-no-reboot", "-monitor", "none", "-serial",
+                 f"file:{console}", "-kernel", str(kernel),
+                 "-append", "console=ttyS0 panic=-1 loglevel=4"],
+                stdout=subprocess.DEVNULL, stderr=err_file)
+        deadline = time.monotonic() + KERNEL_PROBE_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                if b"Kernel panic" in console.read_bytes():
+                    return True, f"a Linux kernel ran under KVM ({kernel.name})"
+                if proc.poll() is not None:
+                    said = err.read_text(errors="replace").strip().splitlines()
+                    return False, "KVM is present but unusable: " + (
+                        said[0] if said else f"qemu exited {proc.returncode}")
+                time.sleep(0.1)
+        finally:
+            proc.kill()
+            proc.wait()
+    return False, ("KVM is present but unusable: a Linux kernel makes no progress under "
+                   f"it ({kernel.name} printed nothing within {KERNEL_PROBE_SECONDS} s)")
 
 
 def accelerator() -> str:

@@ -8,4 +8,6 @@ started it, with its broker and a conductor, kept in one state folder.
     control.py     Trove's side against the running VM: rpc, prepare, reset
     conductor.py   the background conductor (its own process) that records
                    the guest's heartbeats into the state folder
+    snapshot.py    save the VM once (qemu's migration to a file), resume it
+                   instead of booting
 """

@@ -48,12 +48,14 @@ def call(st: DevState, method: str, arguments: dict, timeout: float = RPC_TIMEOU
             raise VerifyError(f"the agent failed {method}: {said[:400]}") from exc
 
 
-def prepared(st: DevState) -> bool:
-    """The agent marked a prepare as begun (its marker files)."""
+def prepared(st: DevState) -> bool | None:
+    """The agent marked a prepare as begun (its marker files); None when
+    the guest could not be asked (ssh failed)."""
     if not st.agent_state:
         return False
     markers = " -o ".join(f"-e {st.agent_state}/{name}" for name in PREPARE_MARKERS)
-    return st.guest().ssh(f"test {markers}", timeout=60).returncode == 0
+    code = st.guest().ssh(f"test {markers}", timeout=60).returncode
+    return {0: True, 1: False}.get(code)
 
 
 def prepare(st: DevState) -> dict:

@@ -8,6 +8,8 @@ conductor (dev.conductor). Their pids and ports go into state.json as each
 starts, so that ``down`` stops whatever ``up`` got to, even a failed one.
 A second ``up`` reuses what runs, restarting the broker (on its port) or
 the conductor if they died. ``down`` stops the three and removes the folder.
+With a snapshot kept in the folder (dev.snapshot), ``up`` resumes it instead
+of booting.
 """
 import contextlib
 import os
@@ -25,7 +27,7 @@ from ...plumbing import host, log
 from ...plumbing.cleanup import release_workdir
 from ...plumbing.runner import stop
 from .. import boot
-from . import state as state_mod
+from . import snapshot, state as state_mod
 from .state import DevState
 
 AGENT_DEADLINE = 600        # boot to the agent's first answer, under TCG
@@ -127,23 +129,45 @@ def existing(folder: Path) -> DevState | None:
     return state_mod.load(folder) if (Path(folder) / state_mod.STATE_FILE).is_file() else None
 
 
+def resumable(folder: Path, image: Path | None = None) -> bool:
+    """No VM runs in folder, and a snapshot kept there can run image (any
+    image when None); says why not when there is one that cannot."""
+    folder = Path(folder).resolve()
+    record = snapshot.saved(folder)
+    if record is None or existing(folder) is not None:
+        return False
+    why = snapshot.usable(record, image, host.accelerator())
+    if why is not None:
+        log.info(f"the snapshot in {folder / snapshot.FOLDER} is not resumed: {why}")
+    return why is None
+
+
 def up(folder: Path, image: Path | None = None, expect=None,
-       trove_src: str | None = None) -> tuple[DevState, dict]:
+       trove_src: str | None = None, save: bool = False,
+       resume: bool = True) -> tuple[DevState, dict]:
     """Boot image (Expectations expect) with its broker and conductor, or
-    reuse what runs in folder; wait for the agent's answer to rpc_ping.
+    reuse what runs in folder, or resume the snapshot kept there (unless
+    resume is false); wait for the agent's answer to rpc_ping. save: once
+    the agent has answered after a boot, save the VM (dev.snapshot).
     Returns the state and timings."""
     folder = Path(folder).resolve()
     found = existing(folder)
     if found is not None:
+        if save:
+            log.info("--snapshot saves a VM right after its boot: this one is up already")
         return _reuse(state_mod.require_running(found), trove_src)
+    if resume and resumable(folder, image):
+        if save:
+            log.info("--snapshot: the VM resumed is the one saved already")
+        return _resume(folder, trove_src)
     if image is None or expect is None:
         raise InputError("dev up: no image to boot")
     boot.check_tools(guest_forwards=((5672, 0),))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        st, timings = _boot(folder, Path(image).resolve(), expect, trove_src)
+        st, timings = _boot(folder, Path(image).resolve(), expect, trove_src, save)
     except BaseException:
-        down(folder)
+        down(folder, keep_snapshot=True)
         raise
     if expect.agent_install != "none":
         try:
@@ -151,10 +175,104 @@ def up(folder: Path, image: Path | None = None, expect=None,
         except VerifyError as exc:
             raise VerifyError(f"{exc.message}\nthe VM stays up to look into it ('dev logs', "
                               "'dev ssh'); 'dev down' stops it") from exc
+    if save:
+        timings["save"] = snapshot.save(st)["seconds"]
     return st, timings
 
 
-def _boot(folder: Path, image: Path, expect, trove_src) -> tuple[DevState, dict]:
+def _resume(folder: Path, trove_src) -> tuple[DevState, dict]:
+    """Start the saved VM from its snapshot, with a new broker, conductor
+    and ports; wait for the agent. The broker starts while qemu loads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from ..rabbit import LocalRabbit
+    timings = {}
+    boot.check_tools(guest_forwards=((5672, 0),))
+    with log.step(f"copy the saved disks ({folder / snapshot.FOLDER})", timings, "restore"):
+        st = snapshot.restore(folder)
+    st.started_at = time.time()
+    st.trove_src = str(trove_src) if trove_src else st.trove_src
+    guest_ports = ()
+    if st.preparable:
+        from ..controller import datastore_port
+        guest_ports = (datastore_port(st.manager),)
+    broker_port, st.ssh_port, *ports = _free_ports(2 + len(guest_ports))
+    st.forwarded = dict(zip(guest_ports, ports))
+    broker = LocalRabbit(home=folder / "broker", port=broker_port)
+    st.broker = broker.record()         # down() stops it, whatever happens next
+    st.save()
+    argv = boot.qemu_argv(folder / "overlay.qcow2", folder / "volume.raw",
+                          folder / "config-drive.iso", st.ssh_port, folder / "console.log",
+                          st.accel, ((5672, broker_port),), memory_mb=st.memory_mb,
+                          host_forwards=tuple(st.forwarded.items()))
+    argv += snapshot.incoming_argv(folder)
+    (folder / "qemu.argv").write_text(" ".join(argv) + "\n")
+    guest = st.guest()
+    pool = ThreadPoolExecutor(max_workers=1)
+    starting = pool.submit(broker.start)
+    try:
+        with log.step("resume the saved VM", timings, "resume"):
+            proc = boot.start_qemu(guest, argv, detached=True)
+            st.qemu_pid = proc.pid
+            st.save()
+            try:
+                with log.step("load its state", timings, "load"):
+                    snapshot.run_when_loaded(folder, proc)
+                starting.result()
+                st.broker = broker.record()
+                st.save()
+                log.info(f"RabbitMQ on 127.0.0.1:{broker_port}")
+                _after_resume(st, proc)
+            except BaseException:
+                stop(proc)
+                raise
+            st.boot_seconds = round(time.monotonic() - guest.powered_on, 1)
+            st.save()
+        start_conductor(st)
+    except BaseException:
+        pool.shutdown(wait=True)        # a broker still starting is recorded: down stops it
+        st.broker = broker.record()
+        st.save()
+        down(folder, keep_snapshot=True)
+        raise
+    pool.shutdown()
+    timings["agent"] = wait_for_agent(st, "the agent's first answer to rpc_ping")
+    return st, timings
+
+
+def _after_resume(st: DevState, proc, timeout: float = boot.BOOT_TIMEOUT) -> None:
+    """Run snapshot.after_resume_commands in the guest as soon as ssh lets
+    us in (one connection: each costs seconds under TCG)."""
+    guest = st.guest()
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise VerifyError(f"qemu exited with code {proc.returncode} after resuming; "
+                              f"console:\n{guest.console_tail()}")
+        try:
+            done = guest.ssh(snapshot.after_resume_commands(st, time.time()), timeout=60)
+        except subprocess.TimeoutExpired:
+            last = "ssh timed out"
+            continue
+        if done.returncode != 255:      # 255: ssh itself failed
+            return
+        last = done.stderr.strip() or last
+        time.sleep(1)
+    raise VerifyError(f"no ssh login as {st.user} within {timeout:.0f} s of resuming "
+                      f"({last})")
+
+
+def _free_ports(count: int) -> list[int]:
+    found = []
+    while len(found) < count:
+        port = host.free_port()
+        if port not in found:
+            found.append(port)
+    return found
+
+
+def _boot(folder: Path, image: Path, expect, trove_src,
+          save: bool = False) -> tuple[DevState, dict]:
     timings = {}
     accel = host.accelerator()
     ready = preparable(expect)
@@ -182,6 +300,8 @@ def _boot(folder: Path, image: Path, expect, trove_src) -> tuple[DevState, dict]
         guest, argv = boot.prepare_machine(folder, image, st.user, files,
                                            ((5672, broker.port),), host_forwards=ports,
                                            memory_mb=st.memory_mb, accel=accel)
+        if save:
+            argv += snapshot.qmp_argv(folder)
         proc = boot.start_qemu(guest, argv, detached=True)
         st.qemu_pid, st.ssh_port, st.forwarded = proc.pid, guest.ssh_port, guest.forwarded
         st.save()
@@ -222,15 +342,55 @@ def _quiet_messaging():
         yield
 
 
+def agent_consumers(st: DevState) -> int | None:
+    """How many consumers the agent's server queue has on the broker (0 if
+    the queue is not there yet); None if the broker cannot be asked."""
+    try:
+        import amqp         # oslo.messaging's rabbit driver stands on it
+    except ImportError:
+        return None
+    queue = f"guestagent.{st.guest_id}.{st.guest_id}"
+    conn = amqp.Connection(host=f"127.0.0.1:{st.broker['port']}", userid="guest",
+                           password="guest", connect_timeout=5)
+    try:
+        conn.connect()
+        return conn.channel().queue_declare(queue, passive=True).consumer_count
+    except amqp.exceptions.NotFound:
+        return 0
+    except (OSError, amqp.exceptions.AMQPError):
+        return None
+    finally:
+        with contextlib.suppress(OSError, amqp.exceptions.AMQPError):
+            conn.close()
+
+
+def _until_the_agent_listens(st: DevState, deadline: float) -> None:
+    """Wait until the agent consumes its queue: an rpc_ping sent before is
+    dropped (no queue on a new broker) or waits for the agent until it
+    expires, and the next one goes only after the call's timeout (20 s)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        count = agent_consumers(st)
+        if count is None or count > 0:
+            return
+        if not state_mod.qemu_running(st):
+            return          # wait_for_rpc says what happened
+        time.sleep(0.5)
+
+
 def wait_for_agent(st: DevState, title: str, deadline: float = AGENT_DEADLINE) -> float:
     """Seconds until the agent answers rpc_ping (VerifyError with the
     journal's tail if it does not, or the VM's console if it died)."""
     from ..rabbit import wait_for_rpc
     with log.step(title):
+        start = time.monotonic()
+        _until_the_agent_listens(st, deadline)
         try:
             with _quiet_messaging():
-                _answer, waited = wait_for_rpc(st.broker_url, st.guest_id, deadline,
-                                               rpc_key=st.rpc_key)
+                _answer, waited = wait_for_rpc(
+                    st.broker_url, st.guest_id, max(1.0, deadline - time.monotonic() + start),
+                    rpc_key=st.rpc_key)
+                waited = round(time.monotonic() - start, 1)
         except VerifyError as exc:
             state_mod.require_running(st)
             journal = st.guest().ssh(f"sudo journalctl -u {st.agent_unit} --no-pager -n 15")
@@ -243,9 +403,10 @@ def wait_for_agent(st: DevState, title: str, deadline: float = AGENT_DEADLINE) -
 # --------------------------------------------------------------------------
 # down, status
 
-def down(folder: Path) -> list[str]:
+def down(folder: Path, keep_snapshot: bool = False) -> list[str]:
     """Stop the conductor, qemu and the broker that folder names; remove the
-    folder. Says what was stopped."""
+    folder (but for the snapshot in it, with keep_snapshot). Says what was
+    stopped."""
     folder = Path(folder).resolve()
     done = []
     if not folder.exists():
@@ -266,13 +427,24 @@ def down(folder: Path) -> list[str]:
             if was:
                 done.append(f"RabbitMQ (pid {broker.pid})")
     done += release_workdir(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    kept = folder / snapshot.FOLDER
+    if keep_snapshot and snapshot.saved(folder) is not None:
+        for path in folder.iterdir():
+            if path == kept or path.name == state_mod.LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     return done
 
 
 def status(folder: Path, ping_timeout: float = 10) -> dict:
     """The VM, its ports, the broker, the conductor, the agent's last
-    heartbeat and whether it answers rpc_ping now."""
+    heartbeat, whether it answers rpc_ping now and whether the guest was
+    prepared (null when ssh could not tell)."""
     st = state_mod.load(folder)
     vm = state_mod.qemu_running(st)
     broker = _broker(st)
@@ -287,6 +459,7 @@ def status(folder: Path, ping_timeout: float = 10) -> dict:
         "conductor": {"running": conductor_running(st), "pid": st.conductor_pid},
         "guest_id": st.guest_id, "trove_src": st.trove_src,
         "last_heartbeat": state_mod.last_heartbeat(folder),
+        "snapshot": str(st.folder / snapshot.FOLDER) if snapshot.saved(folder) else None,
     }
     if vm and found["broker"]["running"]:
         from ..rabbit import rpc_call
@@ -300,6 +473,10 @@ def status(folder: Path, ping_timeout: float = 10) -> dict:
             found["agent"] = {"answers": False, "error": f"{type(exc).__name__}: {exc}"}
     else:
         found["agent"] = {"answers": False, "error": "the VM or the broker is not running"}
-    if not vm:
+    if vm:
+        from .control import prepared
+        # the agent's prepare markers: false again after 'dev reset'
+        found["prepared"] = prepared(st)
+    else:
         found["vm"]["console_tail"] = st.guest().console_tail(10)
     return found

@@ -12,8 +12,13 @@ Layout (every path inside the one folder; ``dev down`` removes it)::
     conductor.log     the background conductor's output
     heartbeats.jsonl  what the conductor heard, one JSON object a line
     sync.json         what the last 'dev sync' sent (to send only changes)
+    lock              held by the command at work on the VM (locked())
+    qmp.sock          qemu's monitor, for 'dev up --snapshot' and a resume
+    snapshot/         the VM saved by 'dev up --snapshot' (dev.snapshot)
 """
+import contextlib
 from dataclasses import asdict, dataclass, field, fields
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -25,6 +30,7 @@ from ..boot import Guest
 STATE_FILE = "state.json"
 HEARTBEATS = "heartbeats.jsonl"
 SYNC_FILE = "sync.json"
+LOCK_FILE = "lock"
 
 
 @dataclass
@@ -94,6 +100,70 @@ def load(folder: Path) -> DevState:
     except (ValueError, TypeError) as exc:
         raise InputError(f"{path}: not a state file of 'dev up' ({exc}); remove the "
                          "folder or run 'trove-image-builder dev down'") from exc
+
+
+# --------------------------------------------------------------------------
+# One command at work at a time
+
+@contextlib.contextmanager
+def locked(folder: Path, command: str, create: bool = False):
+    """Hold the state folder's lock while command ('up', 'sync', ...) runs;
+    InputError, one line naming the holder, if another command holds it.
+
+    A second command fails at once rather than waiting: every command that
+    takes the lock runs for seconds to minutes and changes the VM (a boot,
+    an install, an agent restart, a prepare, a wipe), and one queued behind
+    another would act on a VM in a state its user never saw (a sync landing
+    in the middle of a reset, a prepare after a reset that was typed later).
+    Saying which command holds the VM, and its pid, lets the developer
+    choose: wait for it, or stop it. The lock is an flock(2): it goes with
+    its holder, so a command that was killed leaves no stale lock; and the
+    file is not inherited by the detached processes 'up' starts (Python
+    opens it close-on-exec), so they never hold it.
+
+    create: make the folder first ('up'); otherwise a folder that does not
+    exist has nothing to guard, and the command says so itself. A folder
+    made here that holds nothing but the lock afterwards is removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        if not create:
+            yield
+            return
+        folder.mkdir(parents=True)
+        made = True
+    else:
+        made = False
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{_holder(fd)} is at work on the development VM in {folder}; "
+                             "wait for it to end, or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command,
+                                  "since": round(time.time(), 1)}).encode(), 0)
+        try:
+            yield
+        finally:
+            if made and folder.is_dir() and \
+                    [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """"another 'dev sync' (pid 12, for 40 s)", from what the holder wrote."""
+    try:
+        found = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return (f"another 'dev {found['command']}' (pid {found['pid']}, for "
+                f"{max(0, round(time.time() - found['since']))} s)")
+    except (ValueError, KeyError, TypeError):
+        return "another 'dev' command"     # it has not written its name yet
 
 
 # --------------------------------------------------------------------------

@@ -123,6 +123,30 @@ def requirement_names(text: str) -> dict[str, str]:
     return found
 
 
+def same_requirements(text: str, requires, python: str | None = None) -> bool:
+    """requirements.txt asks for what the installed distribution's
+    Requires-Dist (requires: importlib.metadata.requires) says, for the
+    guest's Python (python: '3.11'): the lines whose markers hold there,
+    without the extras' (pbr writes a marker that holds without it)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+    env = default_environment()
+    if python:
+        env["python_version"] = python
+
+    def keys(reqs):
+        return {(canonicalize_name(r.name), str(r.specifier), tuple(sorted(r.extras)))
+                for r in reqs if r.marker is None or r.marker.evaluate(env)}
+    try:
+        wanted = keys(map(Requirement, requirement_names(text).values()))
+        installed = keys(r for r in map(Requirement, requires or ())
+                         if "extra" not in str(r.marker or ""))
+    except InvalidRequirement:
+        return False
+    return bool(wanted) and wanted == installed
+
+
 def changed_requirements(old_text: str, new_text: str) -> set[str]:
     """The projects whose requirement line was added or changed."""
     old, new = requirement_names(old_text), requirement_names(new_text)
@@ -194,12 +218,13 @@ def install_command(st: DevState, env: str) -> str:
 
 
 def agent_install(st: DevState) -> dict:
-    """The guest's agent: its version and whether it is the editable install
-    of GUEST_TREE."""
+    """The guest's agent: its version, its requirements (Requires-Dist) and
+    whether it is the editable install of GUEST_TREE."""
     python = f"{st.agent_venv}/bin/python"
     code = ("import importlib.metadata as m, json, sys; d = m.distribution('trove'); "
             "print(json.dumps({'version': d.version, 'direct_url': d.read_text("
-            "'direct_url.json'), 'python': '%d.%d' % sys.version_info[:2]}))")
+            "'direct_url.json'), 'requires': d.requires, "
+            "'python': '%d.%d' % sys.version_info[:2]}))")
     found = json.loads(_ssh(st, f"{python} -c {shlex.quote(code)}", 120,
                             "reading the agent's install").strip().splitlines()[-1])
     url = json.loads(found.get("direct_url") or "{}")
@@ -287,6 +312,7 @@ def sync(st: DevState, tree_path=None, restart: bool = True) -> dict:
     if the_plan.requirements:
         record["files"].pop(REQUIREMENTS, None)
     _write_sync(st.folder, record)
+    found = {}
     if the_plan.install:
         with log.step(f"install {GUEST_TREE} into {st.agent_venv} (editable, no deps)",
                       seconds, "install"):
@@ -296,7 +322,14 @@ def sync(st: DevState, tree_path=None, restart: bool = True) -> dict:
         result["installed"] = True
     has_requirements = (tree / REQUIREMENTS).is_file()
     new_requirements = (tree / REQUIREMENTS).read_text() if has_requirements else ""
-    if the_plan.requirements and has_requirements:
+    if the_plan.requirements and has_requirements and found and not found["editable"] \
+            and same_requirements(new_requirements, found.get("requires"),
+                                  found.get("python")):
+        # the image's own install of the agent (not an editable one: those
+        # are made with --no-deps), with the same requirements: its venv was
+        # resolved for them when the image was built, no pip run is needed
+        result["requirements"] = "the same as the image's install of the agent"
+    elif the_plan.requirements and has_requirements:
         with log.step("check the agent's venv against requirements.txt", seconds,
                       "requirements"):
             # unknown before (a first sync): every pin of the guest stays
