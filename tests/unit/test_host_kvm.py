@@ -50,3 +50,28 @@ def test_a_kernel_that_prints_nothing_means_tcg(tmp_path, kernel, monkeypatch):
     assert host._kernel_under_kvm(fake_qemu(tmp_path, HANGS), kernel) == (
         False, "KVM is present but unusable: a Linux kernel makes no progress under it "
                "(vmlinuz-6.1.0-57-amd64 printed nothing within 1 s)")
+
+
+def test_the_answer_is_kept_for_this_boot_and_asked_again_after_a_reboot(
+        tmp_path, kernel, monkeypatch):
+    probes = []
+
+    def probe(qemu, k):
+        probes.append(k)
+        return False, "KVM is present but unusable: test"
+    monkeypatch.setattr(host, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(host, "_probe_kernel", lambda: kernel)
+    monkeypatch.setattr(host, "_kernel_under_kvm", probe)
+    qemu = fake_qemu(tmp_path, HANGS)
+    monkeypatch.setattr(host, "which", lambda tool: qemu)
+    monkeypatch.setattr(host.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(host, "_boot_id", lambda: "boot-1")
+    for _ in range(2):
+        host.kvm_status.cache_clear()
+        assert host.kvm_status() == (False, "KVM is present but unusable: test")
+    assert len(probes) == 1
+    monkeypatch.setattr(host, "_boot_id", lambda: "boot-2")
+    host.kvm_status.cache_clear()
+    host.kvm_status()
+    assert len(probes) == 2
+    host.kvm_status.cache_clear()

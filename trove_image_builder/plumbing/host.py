@@ -4,6 +4,7 @@ qemu and libguestfs can use (KVM, or TCG when KVM is missing or broken).
 """
 from dataclasses import dataclass
 import functools
+import json
 import os
 from pathlib import Path
 import shutil
@@ -66,17 +67,53 @@ def shim_dir_needed() -> bool:
     return partition_route() == "partx" or which("sudo") is None
 
 
+#: where the answer of the KVM probe is kept until the host reboots (/run is
+#: a tmpfs): the probe costs up to KERNEL_PROBE_SECONDS on a host where KVM
+#: hangs, and every build and boot asks
+RUN_DIR = Path(os.environ.get("TROVE_IMAGE_BUILDER_RUN_DIR", "/run/trove-image-builder"))
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 @functools.lru_cache(maxsize=1)
 def kvm_status() -> tuple[bool, str]:
-    """Whether qemu can really run a KVM guest here, and why not."""
+    """Whether qemu can really run a KVM guest here, and why not; probed
+    once per host boot (and per qemu binary and kernel)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     qemu = which("qemu-system-x86_64")
     if qemu is None:
         return False, "qemu-system-x86_64 is not installed"
     kernel = _probe_kernel()
-    if kernel is not None:
-        return _kernel_under_kvm(qemu, kernel)
+    if kernel is None:
+        return _vcpu_starts(qemu)
+    key = {"boot_id": _boot_id(), "qemu": qemu, "qemu_mtime": os.stat(qemu).st_mtime,
+           "kernel": str(kernel)}
+    saved = RUN_DIR / "kvm.json"
+    try:
+        known = json.loads(saved.read_text())
+        if known.get("key") == key and key["boot_id"]:
+            return bool(known["ok"]), str(known["why"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    ok, why = _kernel_under_kvm(qemu, kernel)
+    try:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(f".kvm.{os.getpid()}.json")
+        tmp.write_text(json.dumps({"key": key, "ok": ok, "why": why}))
+        os.replace(tmp, saved)
+    except OSError:
+        pass                # not writable: probe again next time
+    return ok, why
+
+
+def _vcpu_starts(qemu: str) -> tuple[bool, str]:
+    """Without a kernel to boot: does a KVM vCPU start at all."""
     proc = subprocess.Popen(
         [qemu, "-accel", "kvm", "-cpu", "host", "-display", "none", "-nodefaults",
          "-no-reboot", "-S", "-monitor", "none", "-serial", "none"],
