@@ -13,7 +13,7 @@ from pathlib import Path
 import shutil
 import time
 
-from ..plumbing import log
+from ..plumbing import imagefs, log
 from ..plumbing.runner import run
 from . import chroot_layer
 from .cache import LayerCache, age_days, max_bytes, when
@@ -156,12 +156,7 @@ def build(plan: BuildPlan, layering: Layering, backend, workdir: Path, cache: La
                                      env_folders)
         outcome.seconds = round(time.monotonic() - started, 1)
     with log.step(f"convert the layers into one {fmt} image", timings, "layer.convert"):
-        argv = ["qemu-img", "convert", "-O", fmt]
-        if fmt == "qcow2" and plan.profile.image.compression != "none":
-            argv.append("-c")
-            if plan.profile.image.compression == "zstd":
-                argv += ["-o", "compression_type=zstd"]
-        run([*argv, str(below), str(final)])
+        run(imagefs.convert_argv(below, final, fmt, plan.profile.image.compression))
     if layering.top.cacheable:
         staged = cache.staging("image", image.key, fmt)
         _copy(final, staged)

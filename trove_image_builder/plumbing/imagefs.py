@@ -14,6 +14,16 @@ from ..errors import BuildError, InputError
 from .runner import run, stop
 
 
+def convert_argv(source: Path, dest: Path, fmt: str, compression: str) -> list[str]:
+    """qemu-img convert of source into one standalone image (a backing
+    chain flattened), compressed as the profile asks for a qcow2."""
+    compressed = fmt == "qcow2" and compression != "none"
+    argv = ["qemu-img", "convert", *(["-c"] if compressed else []), "-O", fmt]
+    if compressed and compression == "zstd":
+        argv += ["-o", "compression_type=zstd"]
+    return [*argv, str(source), str(dest)]
+
+
 def image_info(image: Path) -> dict:
     proc = run(["qemu-img", "info", "--output=json", "-U", str(image)])
     return json.loads(proc.stdout)

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 
-from ...plumbing import host, log
+from ...plumbing import host, imagefs, log
 from ...errors import BuildError, HostError
 from ..plan import BuildPlan
 from ...plumbing.runner import run
@@ -166,11 +166,8 @@ class VirtCustomizeBackend(Backend):
             finally:
                 g.close()
         image = workdir / f"image.{plan.profile.image.format}"
-        argv = ["qemu-img", "convert", "-O", plan.profile.image.format, str(overlay), str(image)]
-        if plan.profile.image.format == "qcow2" and plan.profile.image.compression != "none":
-            argv[2:2] = ["-c"]
-            if plan.profile.image.compression == "zstd":
-                argv[-2:-2] = ["-o", "compression_type=zstd"]
+        argv = imagefs.convert_argv(overlay, image, plan.profile.image.format,
+                                    plan.profile.image.compression)
         with log.step("flatten and compress", timings, "convert"):
             run(argv)
         overlay.unlink()
