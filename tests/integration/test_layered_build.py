@@ -3,6 +3,7 @@ a change to the agent's source tree rebuilds the agent layer only, and a
 build in one DIB run holds what the layered build holds; all verify."""
 import json
 import shutil
+import uuid
 
 import pytest
 
@@ -56,7 +57,9 @@ def test_a_changed_agent_tree_rebuilds_the_agent_layer_only(
     tree = tmp_path / "trove"
     shutil.copytree(trove_checkout, tree)
     module = tree / "trove" / "guestagent" / "__init__.py"
-    module.write_text(module.read_text() + "\n# changed by the layered build test\n")
+    # a change never made before: the layer cache outlives a test run, and a
+    # fixed change would find the agent layer an earlier run stored for it
+    module.write_text(module.read_text() + f"\n# changed by the layered build test {uuid.uuid4()}\n")
     out = tmp_path / "dev-mariadb.qcow2"
     result, stderr = _build("dev-mariadb", "-o", str(out), "--set", f"trove_source={tree}")
     got = _layers(_manifest(out))
