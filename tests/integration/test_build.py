@@ -49,7 +49,7 @@ def test_manifest_lists_what_the_image_holds(prod_mariadb):
     assert "mariadb-server" not in m["packages"]
     assert "guest-agent.service" in m["services_enabled"]
     assert "docker.service" in m["services_enabled"]
-    assert m["os"]["os_release"]["VERSION_CODENAME"] == "bookworm"
+    assert m["os"]["os_release"]["VERSION_CODENAME"] == "trixie"
     assert m["tools"]["diskimage-builder"]
     assert m["elements"][:2] == ["debian-minimal", "vm"]
     assert m["timings"]["total"] > 0

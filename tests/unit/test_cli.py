@@ -59,7 +59,7 @@ def test_profiles_list_marks_an_invalid_profile(tmp_path, monkeypatch):
     out = lines(result.stdout)[1:]          # below the header
     assert len(out) == 2
     assert out[0].startswith("broken ") and "(invalid: " in out[0] and "colour" in out[0]
-    assert out[1].split() == ["good", "debian", "bookworm", "-", "fine"]
+    assert out[1].split() == ["good", "debian", "trixie", "-", "fine"]
 
 
 def test_profiles_show_with_set():
@@ -174,7 +174,7 @@ def test_build_dry_run_prints_the_command(cache, shipped_elements_dir):
     assert argv[-8:] == ["debian-minimal", "vm", "block-device-mbr", "trove-guest",
                          "container-engine", "mariadb", "guest-agent", "trove-certs"]
     assert str(shipped_elements_dir) in exports["ELEMENTS_PATH"].split(":")
-    assert exports["DIB_RELEASE"] == "bookworm"
+    assert exports["DIB_RELEASE"] == "trixie"
     assert exports["TMP_DIR"] == str(cache / "work" / "BUILD" / "tmp")
     assert exports["DIB_CLOUD_INIT_DATASOURCES"] == "ConfigDrive, OpenStack"
     # a dry run builds nothing and makes no folders

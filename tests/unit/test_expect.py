@@ -35,7 +35,7 @@ def test_load_from_the_contract(image):
     exp = expect.load(image)
     assert exp.image == str(image)
     assert exp.profile == "prod-mariadb"
-    assert (exp.distro, exp.release, exp.guest_user) == ("debian", "bookworm", "trove")
+    assert (exp.distro, exp.release, exp.guest_user) == ("debian", "trixie", "trove")
     assert (exp.datastore, exp.datastore_manager) == ("mariadb", "mariadb")
     # the datastore runs in a container: an engine on the host OS, no server package
     assert exp.datastore_runtime == "container"

@@ -49,7 +49,7 @@ def test_prod_postgresql_elements_in_order(plan_of):
 
 def test_prod_mariadb_env(plan_of):
     env = plan_of("prod-mariadb").env
-    assert env["DIB_RELEASE"] == "bookworm"
+    assert env["DIB_RELEASE"] == "trixie"
     assert env["TROVE_GUEST_AGENT_VERSION"] == "26.0.0"
     assert env["TROVE_GUEST_AGENT_INSTALL"] == "release"
     assert env["TROVE_DATASTORE_VERSION"] == "11.8"
@@ -228,7 +228,7 @@ def test_env_for_disk_image_create(command, shipped_elements_dir):
     assert Path(env["TMP_DIR"]).is_relative_to(command.workdir)
     assert env["DIB_IMAGE_CACHE"] == str(command.cache / "dib")
     # the plan's variables are passed on
-    assert env["DIB_RELEASE"] == "bookworm"
+    assert env["DIB_RELEASE"] == "trixie"
     assert env["TROVE_GUEST_AGENT_VERSION"] == "26.0.0"
 
 

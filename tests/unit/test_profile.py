@@ -35,7 +35,7 @@ def test_minimal_profile_takes_the_defaults(write):
     assert p.name == "a"
     assert p.variant == "production"
     assert p.os.distro == "debian"
-    assert p.release == "bookworm"
+    assert p.release == "trixie"
     assert p.datastore is None
     assert p.image.format == "qcow2" and p.image.size == "4G"
     assert p.elements == () and p.packages == () and p.env == {}
@@ -767,8 +767,8 @@ def test_user_hook_is_relative_to_the_profile_that_names_it(write, tmp_path, kno
 
 def test_release_is_resolved_at_load(write):
     p = profiles.load(str(write("a.yaml", MINIMAL)))
-    assert p.os.release == "bookworm"
-    assert p.to_dict()["os"]["release"] == "bookworm"
+    assert p.os.release == "trixie"
+    assert p.to_dict()["os"]["release"] == "trixie"
     ubuntu = profiles.load(str(write("u.yaml", MINIMAL + "os:\n  distro: ubuntu\n")))
     assert ubuntu.os.release == ubuntu.release == "noble"
 
@@ -792,7 +792,7 @@ def test_dependent_defaults_follow_what_they_depend_on(known):
 
 def test_digest_is_the_same_when_a_default_is_given():
     base = profiles.load("prod-mariadb").digest()
-    assert profiles.load("prod-mariadb", ["os.release=bookworm"]).digest() == base
+    assert profiles.load("prod-mariadb", ["os.release=trixie"]).digest() == base
     assert profiles.load("prod-mariadb", ["certificates.enabled=true"]).digest() == base
     assert profiles.load("prod-mariadb", ["variant=development"]).digest() != base
 
@@ -801,7 +801,7 @@ def test_null_means_the_default(write):
     p = profiles.load(str(write("a.yaml", MINIMAL + "guest_user: null\nimage:\n"
                                 "  size: null\nos: null\n")))
     assert (p.guest_user, p.image.size, p.os.distro, p.os.release) == (
-        "trove", "4G", "debian", "bookworm")
+        "trove", "4G", "debian", "trixie")
 
 
 def test_from_dict_resolves_an_old_manifests_defaults(tmp_path):
@@ -810,7 +810,7 @@ def test_from_dict_resolves_an_old_manifests_defaults(tmp_path):
     old["os"]["release"] = None
     old["certificates"]["enabled"] = None
     p = profiles.from_dict(old, source=str(tmp_path / "x.manifest.json"))
-    assert p.os.release == "bookworm" and p.certificates.enabled is True
+    assert p.os.release == "trixie" and p.certificates.enabled is True
     assert p == profiles.load("prod-mariadb")
     assert p.digest() == profiles.load("prod-mariadb").digest()
 

@@ -64,7 +64,7 @@ def test_matrix_json_entries(own_profiles):
     result = run("profiles", "matrix", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
-        {"name": "bare", "os": {"distro": "debian", "release": "bookworm"},
+        {"name": "bare", "os": {"distro": "debian", "release": "trixie"},
          "datastore": None, "variant": "development", "backend": "dib",
          "file": "profiles/bare.yaml"},
         {"name": "good", "os": {"distro": "ubuntu", "release": "noble"},
@@ -81,10 +81,10 @@ def test_matrix_table(own_profiles):
     result = run("profiles", "matrix")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "NAME  DISTRO  RELEASE   DATASTORE  VERSION  RUNTIME    VARIANT      BACKEND  FILE",
-        "bare  debian  bookworm  -          -        -          development  dib      "
+        "NAME  DISTRO  RELEASE  DATASTORE  VERSION  RUNTIME    VARIANT      BACKEND  FILE",
+        "bare  debian  trixie   -          -        -          development  dib      "
         "profiles/bare.yaml",
-        "good  ubuntu  noble     mariadb    11.8     container  production   dib      "
+        "good  ubuntu  noble    mariadb    11.8     container  production   dib      "
         "profiles/good.yaml",
     ]
 
@@ -117,11 +117,11 @@ def test_list_shows_os_and_datastore(own_profiles):
     result = run("profiles", "list")
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
-    assert out[0] == "NAME    OS               DATASTORE                 DESCRIPTION"
-    assert out[1] == "bare    debian bookworm  -                         nothing in it"
-    assert out[2].startswith("broken  ?                ?                         (invalid: ")
+    assert out[0] == "NAME    OS             DATASTORE                 DESCRIPTION"
+    assert out[1] == "bare    debian trixie  -                         nothing in it"
+    assert out[2].startswith("broken  ?              ?                         (invalid: ")
     assert "colour" in out[2]
-    assert out[3] == "good    ubuntu noble     mariadb 11.8 (container)  fine"
+    assert out[3] == "good    ubuntu noble   mariadb 11.8 (container)  fine"
     assert len(out) == 4
 
 

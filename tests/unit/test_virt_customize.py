@@ -640,10 +640,23 @@ def test_an_install_elsewhere_keeps_a_package_dib_would_keep(user_elements):
 
 def test_package_actions_across_elements_keep_element_order(known, user_elements):
     mine = user_elements("tib-more", {"package-installs.yaml": "extra-tool:\n"})
-    env = {"TROVE_GUEST_AGENT_INSTALL": "release"}
-    actions = package_actions([known["container-engine"], mine, known["guest-agent"]], env)
+    env = {"TROVE_GUEST_AGENT_INSTALL": "release", "DIB_RELEASE": "bookworm"}
+    actions = package_actions([known["container-engine"], mine, known["guest-agent"]], env,
+                              os_element=known["debian-minimal"])
     assert actions["install.d"]["install"] == \
         ["docker.io", "apparmor", "extra-tool", "python3-venv"]
+
+
+def test_the_os_decides_a_when(known):
+    """container-engine's docker-cli: on Debian after bookworm only, with
+    DISTRO_NAME from the OS element."""
+    def engine(os_name, release):
+        env = {"DIB_RELEASE": release}
+        return package_actions([known["container-engine"]], env,
+                               os_element=known[os_name])["install.d"]["install"]
+    assert "docker-cli" in engine("debian-minimal", "trixie")
+    assert "docker-cli" not in engine("debian-minimal", "bookworm")
+    assert "docker-cli" not in engine("ubuntu-minimal", "noble")
 
 
 def test_package_actions_search_the_plans_elements_path(user_elements):
@@ -799,7 +812,7 @@ def test_base_plan_elements(plan_of, known):
     assert len(set(base.elements)) == len(base.elements)
     assert base.packages == ()
     assert base.env and all(k.startswith("DIB_") for k in base.env)
-    assert base.env["DIB_RELEASE"] == "bookworm"
+    assert base.env["DIB_RELEASE"] == "trixie"
     assert re.fullmatch(r"[0-9a-f]{16}", key)
     # DIB can build it: its elements, on the same element path
     argv, _env = DibBackend().command(base, Path("/w"), Path("/c"))
@@ -906,7 +919,8 @@ def apply(backend, own, env, tmp_path, logf, g=None):
     package-installs decides; returns the handle."""
     g = g if g is not None else backend.guestfs()
     hooks = guest.make_hooks(own, env, tmp_path, logf)
-    guest.apply(g, own, package_actions(own, env), hooks, logf)
+    os_element = elements.discover()["debian-minimal"]
+    guest.apply(g, own, package_actions(own, env, os_element=os_element), hooks, logf)
     logf.flush()
     return g
 

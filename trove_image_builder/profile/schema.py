@@ -26,7 +26,7 @@ class Distro:
 
 # OS bases: the ones whose archives the builds reach.
 DISTROS = {
-    "debian": Distro("debian-minimal", "bookworm", "DIB_DISTRIBUTION_MIRROR"),
+    "debian": Distro("debian-minimal", "trixie", "DIB_DISTRIBUTION_MIRROR"),
     # noble: jammy's Python (3.10) cannot run current agents (see agent_python)
     "ubuntu": Distro("ubuntu-minimal", "noble", "DIB_DISTRIBUTION_MIRROR"),
 }
@@ -41,6 +41,18 @@ def backend_names() -> tuple:
 
 def _default_release(s) -> str:
     return DISTROS[s["os.distro"]].release
+
+
+# The guest user by OS: Ubuntu's own ('ubuntu', as Trove's guest images
+# have it: integration/scripts/files/elements/guest-agent/install.d/
+# guest-agent-source-install/31-guest-agent-install, GUEST_USERNAME);
+# elsewhere a user of the image's own.
+GUEST_USERS = {"ubuntu": "ubuntu"}
+DEFAULT_GUEST_USER = "trove"
+
+
+def _default_guest_user(s) -> str:
+    return GUEST_USERS.get(s["os.distro"], DEFAULT_GUEST_USER)
 
 
 def _default_cert_hook(s) -> bool:
@@ -147,7 +159,10 @@ class Profile:
     os: OsSpec = section(OsSpec)
     datastore: DatastoreSpec | None = section(DatastoreSpec, optional=True)
     guest_agent: GuestAgentSpec = section(GuestAgentSpec)
-    guest_user: str = setting("user the guest agent runs as", default="trove")
+    guest_user: str = setting(
+        "user the guest agent runs as; default " + ", ".join(
+            f"{k}: {GUEST_USERS.get(k, DEFAULT_GUEST_USER)}" for k in DISTROS),
+        default_factory=_default_guest_user, default_factory_depends=("os.distro",))
     certificates: CertificatesSpec = section(CertificatesSpec)
     elements: tuple = setting("extra element names", parse=parse_str_list, default=())
     packages: tuple = setting("extra OS packages", parse=parse_str_list, default=())

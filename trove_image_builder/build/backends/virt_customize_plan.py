@@ -196,12 +196,15 @@ def package_actions(own, env: dict, elements_path=None, arch: str = "amd64",
     if elements_path is None:
         elements_path = list(dict.fromkeys(str(e.path.parent) for e in own))
     squash = dib_elements_dir() / "package-installs" / "bin" / "package-installs-squash"
+    # 'when:' may name the OS (DISTRO_NAME, DIB_RELEASE), which only the OS
+    # element's environment.d sets
+    when_env = {**_os_vars(env, os_element), **env}
     with tempfile.TemporaryDirectory(prefix="tib-package-installs-") as tmp:
         out = Path(tmp) / "package-installs.json"
         proc = subprocess.run(
             [sys.executable, str(squash), "--elements", " ".join(e.name for e in own),
              "--path", ":".join(map(str, elements_path)), str(out)],
-            env={**_clean_env(), **env, "ARCH": arch}, capture_output=True, text=True)
+            env={**_clean_env(), **when_env, "ARCH": arch}, capture_output=True, text=True)
         if proc.returncode != 0:
             raise InputError("package-installs: diskimage-builder's package-installs-squash "
                              f"refused the elements' package-installs files: {_why(proc)}")
@@ -234,13 +237,35 @@ def _why(proc) -> str:
     return lines[-1] if lines else f"exit code {proc.returncode}"
 
 
-def _distro(env: dict, os_element) -> dict:
-    """DISTRO_NAME and DIB_RELEASE for pkg-map, as the OS element sets them."""
+def _os_vars(env: dict, os_element) -> dict:
+    """DISTRO_NAME and DIB_RELEASE, as the OS element sets them (none
+    without it)."""
+    names = ("DISTRO_NAME", "DIB_RELEASE")
     if "DISTRO_NAME" not in env and os_element is not None:
-        env = _sourced([os_element], env)
-    if "DISTRO_NAME" not in env:
+        # the OS element with what it depends on (ubuntu-minimal has its
+        # DISTRO_NAME from ubuntu-common); other elements' environment.d may
+        # need variables only a build has, so each is read leniently
+        try:
+            found = dib_deps.get_elements([os_element.name], str(os_element.path.parent))
+        except Exception:  # noqa: BLE001 - DIB raises plain Exceptions
+            found = [(os_element.name, os_element.path)]
+        files = sorted((f for _name, path in found
+                        for f in (Path(path) / "environment.d").glob("*")),
+                       key=lambda f: f.name)
+        script = "".join(f"source {shlex.quote(str(f))} >/dev/null 2>&1\n" for f in files) + \
+            "".join(f'printf "%s\\0" "${{{n}:-}}"\n' for n in names)
+        proc = subprocess.run(["bash", "-c", script], env={**_clean_env(), **env},
+                              capture_output=True, text=True)
+        env = {**env, **{n: v for n, v in zip(names, proc.stdout.split("\0")) if v}}
+    return {k: env[k] for k in names if k in env}
+
+
+def _distro(env: dict, os_element) -> dict:
+    """DISTRO_NAME and DIB_RELEASE for pkg-map."""
+    distro = _os_vars(env, os_element)
+    if "DISTRO_NAME" not in distro:
         raise InputError("pkg-map: no DISTRO_NAME (the operating-system element sets it)")
-    return {k: env[k] for k in ("DISTRO_NAME", "DIB_RELEASE") if k in env}
+    return distro
 
 
 def _pkg_map(map_file: Path, packages: list, distro: dict) -> list:
