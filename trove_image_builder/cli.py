@@ -186,7 +186,8 @@ def elements_list(show_all, extra_paths):
 
 @main.group("datastore-image")
 def datastore_image_group():
-    """Build the datastore container images the agent runs, from Debian packages."""
+    """Build the datastore container images the agent runs, from OS packages
+    (Debian trixie, Ubuntu noble)."""
 
 
 @datastore_image_group.command("list")
@@ -206,17 +207,18 @@ def datastore_image_list():
 
 @datastore_image_group.command("build")
 @click.argument("ref")
-@click.option("--mirror", default=datastore_image.DEFAULT_MIRROR, show_default=True,
-              help="The Debian mirror to take trixie and trixie-updates from.")
-@click.option("--security-mirror", default=datastore_image.DEFAULT_SECURITY_MIRROR,
-              show_default=True,
-              help="Where trixie-security comes from; an empty value leaves it out.")
+@click.option("--mirror", help="The mirror to take the image's suite and its updates from "
+              "(default: its distribution's own, e.g. http://deb.debian.org/debian for "
+              "trixie, http://archive.ubuntu.com/ubuntu for noble).")
+@click.option("--security-mirror",
+              help="Where the suite's security updates come from (default: the "
+              "distribution's own); an empty value leaves them out.")
 @click.option("--rebuild", is_flag=True, help="Build even when the cache has the image.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Also copy the docker-archive to this path.")
 def datastore_image_build(ref, mirror, security_mirror, rebuild, output):
-    """Build REF (mariadb:11.8 or postgres:17) as a docker-archive, or take it
-    from the cache; print a JSON summary.
+    """Build REF (mariadb:11.8, postgres:17, mysql:8.0) as a docker-archive,
+    or take it from the cache; print a JSON summary.
 
     \b
     Examples:
@@ -225,8 +227,11 @@ def datastore_image_build(ref, mirror, security_mirror, rebuild, output):
       trove-image-builder datastore-image build mariadb:11.8 --rebuild --mirror http://m/debian
     """
     with terminate_as_interrupt():
-        image = datastore_image.build(ref, mirror=mirror, security_mirror=security_mirror or None,
-                                      rebuild=rebuild)
+        default = datastore_image.DEFAULT
+        image = datastore_image.build(
+            ref, mirror=mirror or default,
+            security_mirror=default if security_mirror is None else (security_mirror or None),
+            rebuild=rebuild)
         if output is not None:
             partial = output.with_name(f".{output.name}.partial")
             try:

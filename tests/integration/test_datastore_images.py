@@ -1,4 +1,4 @@
-"""The datastore images built here from Debian packages, loaded into a real
+"""The datastore images built here from Debian and Ubuntu packages, loaded into a real
 Docker engine and run exactly as Trove 26's guest agent runs them: its own
 start_container() with the parameters start_db() passes (name, user
 1001:1001, environment, mounts with a configuration rendered from Trove's
@@ -28,6 +28,8 @@ from trove.common import constants, template
 from trove.guestagent.common import sql_query
 from trove.guestagent.datastore.mariadb import manager as mariadb_manager
 from trove.guestagent.datastore.mariadb import service as mariadb_service
+from trove.guestagent.datastore.mysql import manager as mysql_manager
+from trove.guestagent.datastore.mysql import service as mysql_service
 from trove.guestagent.datastore.postgres import service as pg_service
 from trove.guestagent.utils import docker as docker_util
 
@@ -299,6 +301,141 @@ def test_mariadb_after_a_restore(engine, mariadb_image, tmp_path):
         cur.execute("SELECT CURRENT_USER()")
         assert cur.fetchone() == ("root@localhost",)
     docker_util.remove_container(engine.client)
+
+
+def test_docker_loads_the_mysql_archive_with_its_recorded_id(engine, mysql_image):
+    assert engine.load(mysql_image) == mysql_image.image_id
+    assert mysql_image.packages["mysql-server-8.0"].split(":")[-1].startswith("8.0.")
+    config = engine.client.images.get(mysql_image.ref).attrs["Config"]
+    assert config["Entrypoint"] == ["/usr/local/bin/docker-entrypoint.sh"]
+    assert config["Cmd"] == ["mysqld"]
+    assert config["User"] == "1001:1001"
+
+
+def mysql_start(engine, image, host, password, command):
+    """mysql_common/service.py start_db with the mysql manager's settings
+    (mysql/service.py MySqlApp): its volumes, user, environment, health
+    check and command; the published port on 127.0.0.1."""
+    environment = {"MYSQL_ROOT_PASSWORD": password, "MYSQL_INITDB_SKIP_TZINFO": 1,
+                   **mysql_service.MySqlApp._extra_envs}
+    port = free_port()
+    docker_util.start_container(
+        engine.client, image.ref,
+        volumes={str(host["etc-mysql"]): {"bind": "/etc/mysql", "mode": "rw"},
+                 str(host["mysqld"]): {"bind": "/var/run/mysqld", "mode": "rw"},
+                 str(host["var-lib-mysql"]): {"bind": "/var/lib/mysql", "mode": "rw"}},
+        network_mode=constants.DOCKER_BRIDGE_MODE, ports={"3306/tcp": ("127.0.0.1", port)},
+        user=f"{UID}:{GID}", environment=environment,
+        healthcheck=mysql_service.MySqlApp.HEALTHCHECK, command=command,
+        privileged=mysql_service.MySqlApp._previledged)
+    return {"host": "127.0.0.1", "port": port}
+
+
+def test_mysql_runs_as_the_agent_runs_it(engine, mysql_image, tmp_path):
+    """The agent's do_prepare (mysql_common/manager.py) on an empty volume,
+    then what it does next: root with the password over the socket, its
+    secure steps, a restart with the data there, and the restore's
+    password reset (reset_password_for_restore: 'mysqld --init-file')."""
+    engine.load(mysql_image)
+    host = folders(tmp_path, "etc-mysql", "etc-mysql/conf.d", "etc-mysql/mysql.conf.d",
+                   "mysqld", "var-lib-mysql", "var-lib-mysql/data")
+    (host["etc-mysql"] / "my.cnf").write_text(rendered("mysql", "8.0"))
+    # the agent's set_data_dir(): an override in the include folder
+    (host["etc-mysql/conf.d"] / "00-system.cnf").write_text(
+        "[mysqld]\ndatadir = /var/lib/mysql/data\n")
+    password = "Pw-" + uuid.uuid4().hex + "'\\\""
+    data_dir = "/var/lib/mysql/data"
+    command = mysql_manager.Manager.get_start_db_params(None, data_dir)
+    started = time.monotonic()
+    tcp = mysql_start(engine, mysql_image, host, password, command)
+    print(f"mysql:8.0 healthy {wait_healthy(engine) - started:.1f} s after start")
+    logs = engine.docker("logs", "database").stderr
+    assert "[entrypoint] data folder initialised" in logs
+    assert "ready for connections" in logs
+
+    # the agent's health check, as the engine runs it (exec form: the
+    # password is the literal "$MYSQL_ROOT_PASSWORD"): the server on
+    # 127.0.0.1 answers "access denied", and mysqladmin ping exits 0 on any
+    # answer; with the password expanded, it is alive
+    check = engine.docker("exec", "database", *mysql_service.MySqlApp.HEALTHCHECK["test"][1:],
+                          check=False)
+    assert check.returncode == 0, check.stderr
+    assert "Access denied for user 'root'" in check.stdout + check.stderr
+    ping = engine.docker("exec", "database", "sh", "-c", 'mysqladmin ping -h 127.0.0.1 '
+                         '-u root --password="$MYSQL_ROOT_PASSWORD"')
+    assert ping.stdout.strip() == "mysqld is alive"
+    # the agent: root with the password over the mounted socket
+    sock = str(host["mysqld"] / "mysqld.sock")
+    with mysql(password, unix_socket=sock) as cur:
+        cur.execute("SELECT @@datadir, CURRENT_USER(), @@version")
+        datadir, user, version = cur.fetchone()
+        assert (datadir, user) == ("/var/lib/mysql/data/", "root@localhost")
+        assert version.startswith("8.0.")
+        cur.execute("SELECT plugin FROM mysql.user WHERE user = 'root' AND host = 'localhost'")
+        assert cur.fetchone() == ("mysql_native_password",)   # Trove's template for 8.0
+        cur.execute("SELECT COUNT(*) FROM mysql.time_zone_name")
+        assert cur.fetchone() == (0,)          # MYSQL_INITDB_SKIP_TZINFO
+    with pytest.raises(pymysql.err.OperationalError):
+        pymysql.connect(user="root", password="wrong", unix_socket=sock)
+    # root@'%' over the published port, as with the official image
+    with mysql(password, **tcp) as cur:
+        cur.execute("CREATE DATABASE kept")
+        cur.execute("CREATE TABLE kept.t (v INT)")
+        cur.execute("INSERT INTO kept.t VALUES (42)")
+        cur.execute("SELECT v FROM kept.t")
+        assert cur.fetchone() == (42,)
+    # the agent's secure_root(): only root@localhost stays
+    with mysql(password, unix_socket=sock) as cur:
+        cur.execute(sql_query.REMOVE_ANON)
+        cur.execute(sql_query.REMOVE_ROOT)
+        cur.execute("FLUSH PRIVILEGES")
+        cur.execute("SELECT user, host FROM mysql.user WHERE user = 'root'")
+        assert cur.fetchall() == (("root", "localhost"),)
+    with pytest.raises(pymysql.err.OperationalError):
+        pymysql.connect(user="root", password=password, **tcp)
+
+    # restart (trove's restart()): back to healthy, data kept, no new init
+    docker_util.restart_container(engine.client)
+    wait_healthy(engine)
+    with mysql(password, unix_socket=sock) as cur:
+        cur.execute("SELECT v FROM kept.t")
+        assert cur.fetchone() == (42,)
+    assert engine.docker("logs", "database").stderr.count("data folder initialised") == 1
+    docker_util.remove_container(engine.client)
+
+    # the restore's password reset: 'mysqld --init-file=... --datadir=...'
+    # on existing data, started and waited for like any start
+    init_file = host["var-lib-mysql/data"] / "init.sql"
+    init_file.write_text("ALTER USER 'root'@'localhost' IDENTIFIED BY 'second';")
+    os.chown(init_file, UID, GID)
+    mysql_start(engine, mysql_image, host, "second",
+                f"mysqld --init-file={data_dir}/init.sql --datadir={data_dir} ")
+    wait_healthy(engine)
+    with mysql("second", unix_socket=sock) as cur:
+        cur.execute("SELECT v FROM kept.t")
+        assert cur.fetchone() == (42,)
+    docker_util.remove_container(engine.client)
+
+
+def test_mysql_runs_on_its_own_defaults(engine, mysql_image):
+    """Without the agent's mounts or configuration (the image's own
+    mysqld.cnf, its /run/mysqld): initialised, and answering over TCP."""
+    engine.load(mysql_image)
+    port = free_port()
+    engine.docker("run", "-d", "--name", "plain", "-e", "MYSQL_ROOT_PASSWORD=pw",
+                  "-p", f"127.0.0.1:{port}:3306", mysql_image.ref)
+    deadline = time.monotonic() + HEALTHY_WITHIN
+    # the server's, not the temporary one's (which comes before)
+    while "ready for connections" not in \
+            engine.docker("logs", "plain").stderr.partition("[entrypoint] starting the server")[2]:
+        assert engine.docker("inspect", "-f", "{{.State.Running}}", "plain").stdout.strip() \
+            == "true", engine.docker("logs", "plain").stderr[-4000:]
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    with mysql("pw", host="127.0.0.1", port=port) as cur:
+        cur.execute("SELECT @@datadir, @@socket, @@bind_address")
+        assert cur.fetchone() == ("/var/lib/mysql/data/", "/var/run/mysqld/mysqld.sock", "*")
+    engine.docker("rm", "-f", "plain")
 
 
 def test_docker_loads_the_postgres_archive_with_its_recorded_id(engine, postgres_image):

@@ -59,7 +59,8 @@ def test_a_changed_agent_tree_rebuilds_the_agent_layer_only(
     module = tree / "trove" / "guestagent" / "__init__.py"
     # a change never made before: the layer cache outlives a test run, and a
     # fixed change would find the agent layer an earlier run stored for it
-    module.write_text(module.read_text() + f"\n# changed by the layered build test {uuid.uuid4()}\n")
+    marker = f"# changed by the layered build test {uuid.uuid4()}"
+    module.write_text(module.read_text() + "\n" + marker + "\n")
     out = tmp_path / "dev-mariadb.qcow2"
     result, stderr = _build("dev-mariadb", "-o", str(out), "--set", f"trove_source={tree}")
     got = _layers(_manifest(out))

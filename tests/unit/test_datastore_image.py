@@ -1,4 +1,4 @@
-"""Datastore images built from Debian packages: the refs, the inputs hash,
+"""Datastore images built from Debian and Ubuntu packages: the refs, the inputs hash,
 the mmdebstrap command, the docker-archive, the cache (with the runner
 faked: no mmdebstrap, no network), the command line, and the shell scripts
 as far as they run without a server."""
@@ -15,15 +15,17 @@ import tarfile
 import pytest
 
 from trove_image_builder.build import datastore_image as dsi, images
-from trove_image_builder.build.datastore_image import archive, recipes
+from trove_image_builder.build.datastore_image import archive, distributions, recipes
 from trove_image_builder.errors import BuildError, HostError, InputError
 
 from tests.helpers.cli import assert_error, invoke
 
 MIRROR = recipes.DEFAULT_MIRROR
 SECURITY = recipes.DEFAULT_SECURITY_MIRROR
-KNOWN = "known: mariadb:11.8, postgres:17"
-SERVER_VERSIONS = {"mariadb-server": "1:11.8.3-1", "postgresql-17": "17.6-0+deb13u1"}
+KNOWN = "known: mariadb:11.8, mysql:8.0, postgres:17"
+SERVER_VERSIONS = {"mariadb-server": "1:11.8.3-1", "postgresql-17": "17.6-0+deb13u1",
+                   "mysql-server-8.0": "8.0.43-0ubuntu0.24.04.1"}
+UBUNTU = "http://archive.ubuntu.com/ubuntu"
 
 
 def hash_of(ref="mariadb:11.8", mirror=MIRROR, security=SECURITY, **changes):
@@ -35,7 +37,7 @@ def hash_of(ref="mariadb:11.8", mirror=MIRROR, security=SECURITY, **changes):
 # refs
 
 def test_the_known_refs():
-    assert dsi.known() == ["mariadb:11.8", "postgres:17"]
+    assert dsi.known() == ["mariadb:11.8", "mysql:8.0", "postgres:17"]
 
 
 def test_the_names_are_trove_s_docker_image_defaults():
@@ -43,6 +45,7 @@ def test_the_names_are_trove_s_docker_image_defaults():
     from trove.common import cfg
     assert cfg.CONF.get("mariadb").docker_image == "mariadb"
     assert cfg.CONF.get("postgresql").docker_image == "postgres"
+    assert cfg.CONF.get("mysql").docker_image == "mysql"
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -50,7 +53,9 @@ def test_the_names_are_trove_s_docker_image_defaults():
                       f"mariadb:11.8 can be built here ({KNOWN})"),
     ("postgres:16", "postgres:16: Debian trixie has postgresql-17 17, so only postgres:17 "
                     f"can be built here ({KNOWN})"),
-    ("mysql:8.0", f"mysql:8.0: not a datastore image that can be built here ({KNOWN})"),
+    ("mysql:8.4", "mysql:8.4: Ubuntu noble has mysql-server-8.0 8.0, so only mysql:8.0 "
+                  f"can be built here ({KNOWN})"),
+    ("percona:8.0", f"percona:8.0: not a datastore image that can be built here ({KNOWN})"),
     ("mariadb", f"mariadb: Debian trixie has mariadb-server 11.8, so only mariadb:11.8 can "
                 f"be built here ({KNOWN})"),
 ])
@@ -146,6 +151,61 @@ def test_no_security_line_without_a_security_mirror():
     assert "--include=postgresql-17,locales,tzdata,libnss-wrapper" in argv
 
 
+def test_the_mmdebstrap_argv_of_noble_uses_the_verified_ubuntu_keyring():
+    recipe = recipes.RECIPES["mysql:8.0"]
+    keyring = Path("/c/ubuntu-keyring/2023.11.28.1/ubuntu-archive-keyring.gpg")
+    argv = recipes.mmdebstrap_argv(recipe, UBUNTU, UBUNTU, Path("/w/rootfs.tar"),
+                                   Path("/w/packages.tsv"), keyring)
+    assert argv[:6] == ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
+                        "--architectures=amd64", f"--keyring={keyring}"]
+    assert "--include=mysql-server-8.0,mysql-client-8.0,tzdata" in argv
+    assert argv[-5:] == [
+        "noble", "/w/rootfs.tar",
+        "deb http://archive.ubuntu.com/ubuntu noble main",
+        "deb http://archive.ubuntu.com/ubuntu noble-updates main",
+        "deb http://archive.ubuntu.com/ubuntu noble-security main"]
+    hooks = hooks_of(argv)
+    assert hooks[0] == recipes.CLEAN_RUN
+    assert any("mysql/docker-entrypoint.sh" in h and "/usr/local/bin/docker-entrypoint.sh" in h
+               for h in hooks)
+    assert any("/etc/mysql/mysql.conf.d/mysqld.cnf" in h for h in hooks)
+    assert 'chroot "$1" useradd --uid 1001 --gid 1001 --no-create-home --home-dir ' \
+        '/nonexistent --shell /usr/sbin/nologin database' in hooks
+
+
+def test_an_ubuntu_recipe_needs_its_keyring_given():
+    with pytest.raises(ValueError):
+        recipes.mmdebstrap_argv(recipes.RECIPES["mysql:8.0"], UBUNTU, UBUNTU,
+                                Path("/w/l.tar"), Path("/w/p"))
+
+
+def test_each_recipe_names_its_distribution():
+    assert {ref: (r.distribution.name, r.distribution.suite)
+            for ref, r in recipes.RECIPES.items()} == {
+        "mariadb:11.8": ("debian", "trixie"), "postgres:17": ("debian", "trixie"),
+        "mysql:8.0": ("ubuntu", "noble")}
+    assert recipes.NOBLE.mirrors() == (UBUNTU, UBUNTU)
+    assert recipes.TRIXIE.mirrors() == (MIRROR, SECURITY)
+    assert recipes.NOBLE.mirrors("http://m/ubuntu", None) == ("http://m/ubuntu", None)
+
+
+def test_the_mysql_image_runs_as_the_agent_expects():
+    """The user the agent passes anyway (database_service_uid), the server
+    as the command, and its port (trove/common/cfg.py mysql tcp_ports)."""
+    config = recipes.RECIPES["mysql:8.0"].image_config()
+    assert config["User"] == "1001:1001"
+    assert config["Entrypoint"] == ["/usr/local/bin/docker-entrypoint.sh"]
+    assert config["Cmd"] == ["mysqld"]
+    assert config["ExposedPorts"] == {"3306/tcp": {}}
+
+
+def test_the_hash_of_noble_changes_with_the_pinned_keyring(monkeypatch):
+    before = hash_of("mysql:8.0", UBUNTU, UBUNTU)
+    assert before != hash_of("mysql:8.0", UBUNTU, None)
+    monkeypatch.setattr(distributions, "keyring_version", lambda release: "2099.01.01")
+    assert hash_of("mysql:8.0", UBUNTU, UBUNTU) != before
+
+
 def test_packages_are_read_from_dpkg_query():
     text = ("ii \tmariadb-server\t1:11.8.3-1\nrc \told-thing\t1.0\n"
             "ii \tlibc6\t2.41-12\n\n")
@@ -204,7 +264,7 @@ class FakeRun:
         (tmp / "mmdebstrap.partial").write_text("work in progress")
         if self.fail is not None:
             raise self.fail
-        layer = Path(argv[argv.index(recipes.SUITE) + 1])
+        layer = Path(argv[next(i for i, a in enumerate(argv) if a in ("trixie", "noble")) + 1])
         with tarfile.open(layer, "w") as tar:
             info = tarfile.TarInfo("usr/local/bin/docker-entrypoint.sh")
             info.size = 3
@@ -216,10 +276,18 @@ class FakeRun:
 
 
 @pytest.fixture
-def fake_run(monkeypatch):
+def fake_run(monkeypatch, tmp_path):
     fake = FakeRun()
     monkeypatch.setattr(dsi, "run", fake)
-    monkeypatch.setattr(dsi, "host_problems", lambda: [])
+    monkeypatch.setattr(dsi, "host_problems", lambda rec: [])
+    # the verified Ubuntu keyring, without the network: (mirror, release) asked
+    fake.keyrings = []
+    keyring = tmp_path / "ubuntu-archive-keyring.gpg"
+
+    def verified_keyring(mirror, release):
+        fake.keyrings.append((mirror, release))
+        return keyring
+    monkeypatch.setattr(dsi.ubuntu_keyring, "verified_keyring", verified_keyring)
     return fake
 
 
@@ -239,8 +307,7 @@ def test_a_build_writes_the_archive_and_its_sidecar(fake_run, tmp_path):
     assert image.archive.name == "mariadb-11.8.tar"
     assert image.image_id == images.docker_archive_id(image.archive)
     assert image.size_bytes == image.archive.stat().st_size
-    assert image.packages == {"mariadb-server": "1:11.8.3-1", "postgresql-17": "17.6-0+deb13u1",
-                              "libc6": "2.41-12"}
+    assert image.packages == dict(SERVER_VERSIONS, libc6="2.41-12")
     assert image.inputs_hash == hash_of(mirror="http://mirror.example/debian")
     meta = json.loads(image.archive.with_suffix(".json").read_text())
     assert meta["image_id"] == image.image_id
@@ -251,6 +318,51 @@ def test_a_build_writes_the_archive_and_its_sidecar(fake_run, tmp_path):
     assert leftovers(cache) == [image.archive.parent.name]
     assert sorted(p.name for p in image.archive.parent.iterdir()) == \
         ["mariadb-11.8.json", "mariadb-11.8.tar"]
+
+
+def test_a_mysql_build_takes_noble_with_the_verified_keyring(fake_run, tmp_path):
+    cache = tmp_path / "cache"
+    image = dsi.build("mysql:8.0", cache)
+    assert fake_run.keyrings == [(UBUNTU, "noble")]
+    argv, _env = fake_run.calls[0]
+    assert f"--keyring={tmp_path / 'ubuntu-archive-keyring.gpg'}" in argv
+    assert argv[-3:] == ["deb http://archive.ubuntu.com/ubuntu noble main",
+                         "deb http://archive.ubuntu.com/ubuntu noble-updates main",
+                         "deb http://archive.ubuntu.com/ubuntu noble-security main"]
+    assert image.archive.name == "mysql-8.0.tar"
+    meta = json.loads(image.archive.with_suffix(".json").read_text())
+    assert (meta["distribution"], meta["suite"]) == ("ubuntu", "noble")
+    assert meta["server_version"] == "8.0.43-0ubuntu0.24.04.1"
+    assert dsi.cached("mysql:8.0", cache) == image
+    assert dsi.cached("mysql:8.0", cache, mirror=UBUNTU, security_mirror=UBUNTU) == image
+    # a mirror of its own: the keyring comes from that mirror's pool too
+    dsi.build("mysql:8.0", cache, mirror="http://m.example/ubuntu", security_mirror=None)
+    assert fake_run.keyrings[-1] == ("http://m.example/ubuntu", "noble")
+    assert not any("security" in a for a in fake_run.calls[-1][0])
+
+
+def test_a_debian_build_asks_for_no_ubuntu_keyring(fake_run, tmp_path):
+    dsi.build("postgres:17", tmp_path / "cache")
+    assert fake_run.keyrings == []
+
+
+@pytest.mark.parametrize("ref, distro, expected", [
+    ("mysql:8.0", "debian", {}),
+    ("mysql:8.0", "ubuntu", {"mirror": "http://m/ubuntu"}),
+    ("mariadb:11.8", "debian", {"mirror": "http://m/ubuntu"}),
+    ("mariadb:11.8", "ubuntu", {}),
+])
+def test_an_os_s_mirrors_apply_only_to_its_own_packages(ref, distro, expected):
+    assert dsi.mirrors_for(ref, distro, "http://m/ubuntu", None) == expected
+
+
+def test_a_host_without_gpg_cannot_check_the_ubuntu_keyring(tmp_path, monkeypatch):
+    monkeypatch.setattr(dsi.host, "which", lambda tool: None if tool == "gpg" else tool)
+    monkeypatch.setattr(dsi.os, "geteuid", lambda: 0)
+    with pytest.raises(HostError) as err:
+        dsi.build("mysql:8.0", tmp_path / "cache")
+    assert err.value.message == ("cannot build mysql:8.0: gpg is missing (it checks the "
+                                 "Ubuntu noble archive keyring): install 'gpg'")
 
 
 def test_a_second_build_is_the_cached_one_without_running_anything(fake_run, tmp_path):
@@ -268,7 +380,7 @@ def test_a_second_build_is_the_cached_one_without_running_anything(fake_run, tmp
 def test_a_cache_hit_needs_no_tools(fake_run, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = dsi.build("mariadb:11.8", cache)
-    monkeypatch.setattr(dsi, "host_problems", lambda: ["mmdebstrap is missing"])
+    monkeypatch.setattr(dsi, "host_problems", lambda rec: ["mmdebstrap is missing"])
     assert dsi.build("mariadb:11.8", cache) == first
 
 
@@ -298,7 +410,7 @@ def test_rebuild_builds_again_and_replaces_the_entry(fake_run, tmp_path):
                                      KeyboardInterrupt()])
 def test_a_failed_or_interrupted_build_leaves_nothing(failure, tmp_path, monkeypatch):
     monkeypatch.setattr(dsi, "run", FakeRun(fail=failure))
-    monkeypatch.setattr(dsi, "host_problems", lambda: [])
+    monkeypatch.setattr(dsi, "host_problems", lambda rec: [])
     cache = tmp_path / "cache"
     with pytest.raises(type(failure)):
         dsi.build("mariadb:11.8", cache)
@@ -307,7 +419,7 @@ def test_a_failed_or_interrupted_build_leaves_nothing(failure, tmp_path, monkeyp
 
 def test_a_server_of_another_version_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(dsi, "run", FakeRun(versions={"mariadb-server": "1:11.4.7-1"}))
-    monkeypatch.setattr(dsi, "host_problems", lambda: [])
+    monkeypatch.setattr(dsi, "host_problems", lambda rec: [])
     cache = tmp_path / "cache"
     with pytest.raises(BuildError) as err:
         dsi.build("mariadb:11.8", cache)
@@ -319,7 +431,7 @@ def test_a_server_of_another_version_is_refused(tmp_path, monkeypatch):
 def test_a_host_without_the_tools_is_told_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(dsi.host, "which", lambda tool: None)
     monkeypatch.setattr(dsi.os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(recipes, "TRIXIE_KEY", tmp_path / "missing.gpg")
+    monkeypatch.setattr(distributions, "TRIXIE_KEY", tmp_path / "missing.gpg")
     with pytest.raises(HostError) as err:
         dsi.build("postgres:17", tmp_path / "cache")
     assert err.value.message == (
@@ -348,10 +460,11 @@ def test_cli_list_says_what_is_cached(fake_run, cache_env):
     result = invoke("datastore-image", "list")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == ["mariadb:11.8     not cached",
+                                          "mysql:8.0        not cached",
                                           "postgres:17      not cached"]
     image = dsi.build("postgres:17")
     lines = invoke("datastore-image", "list").stdout.splitlines()
-    assert lines[1] == f"postgres:17      cached  {image.image_id[:19]}  {image.archive}"
+    assert lines[2] == f"postgres:17      cached  {image.image_id[:19]}  {image.archive}"
 
 
 def test_cli_build_prints_a_summary_and_copies_the_archive(fake_run, cache_env, tmp_path):
@@ -365,7 +478,7 @@ def test_cli_build_prints_a_summary_and_copies_the_archive(fake_run, cache_env, 
                        security_mirror=None)
     assert summary == {"ref": "mariadb:11.8", "image_id": image.image_id,
                        "archive": str(image.archive), "size_bytes": image.size_bytes,
-                       "packages": 3, "server_package": "mariadb-server",
+                       "packages": 4, "server_package": "mariadb-server",
                        "server_version": "1:11.8.3-1", "inputs_hash": image.inputs_hash,
                        "output": str(out)}
     assert out.read_bytes() == image.archive.read_bytes()
@@ -375,12 +488,12 @@ def test_cli_build_prints_a_summary_and_copies_the_archive(fake_run, cache_env, 
 
 
 def test_cli_build_refuses_an_unknown_ref_in_one_line(cache_env):
-    assert_error(invoke("datastore-image", "build", "mysql:8.0"),
-                 f"mysql:8.0: not a datastore image that can be built here ({KNOWN})")
+    assert_error(invoke("datastore-image", "build", "percona:8.0"),
+                 f"percona:8.0: not a datastore image that can be built here ({KNOWN})")
 
 
 def test_cli_build_on_a_host_without_mmdebstrap(cache_env, monkeypatch):
-    monkeypatch.setattr(dsi, "host_problems", lambda: ["mmdebstrap is missing: install it"])
+    monkeypatch.setattr(dsi, "host_problems", lambda rec: ["mmdebstrap is missing: install it"])
     assert_error(invoke("datastore-image", "build", "postgres:17"),
                  "cannot build postgres:17: mmdebstrap is missing: install it", exit_code=3)
 
@@ -401,7 +514,7 @@ def test_the_scripts_parse_and_pass_shellcheck(script):
     assert done.returncode == 0, done.stdout
 
 
-@pytest.mark.parametrize("datastore", ["mariadb", "postgresql"])
+@pytest.mark.parametrize("datastore", ["mariadb", "mysql", "postgresql"])
 def test_an_entrypoint_runs_any_other_command_as_given(datastore):
     script = recipes.DATA / datastore / "docker-entrypoint.sh"
     done = subprocess.run(["bash", str(script), "printf", "%s|", "a b", "c"],

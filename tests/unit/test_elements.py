@@ -110,8 +110,8 @@ DATASTORE_ELEMENTS = [e for e in SHIPPED if (ELEMENTS_DIR / e / "datastore.yaml"
 
 
 def test_the_shipped_datastores(known):
-    assert DATASTORE_ELEMENTS == ["mariadb", "postgresql"]
-    assert sorted(elements.datastores(known)) == ["mariadb", "postgresql"]
+    assert DATASTORE_ELEMENTS == ["mariadb", "mysql", "postgresql"]
+    assert sorted(elements.datastores(known)) == ["mariadb", "mysql", "postgresql"]
 
 
 @pytest.mark.parametrize("element", DATASTORE_ELEMENTS)
@@ -130,6 +130,18 @@ def test_datastore_yaml_parses(element, known):
 def test_package_for_fills_in_the_version(known):
     assert known["postgresql"].datastore.package_for("15") == "postgresql-15"
     assert known["mariadb"].datastore.package_for("10.11") == "mariadb-server"
+
+
+def test_mysql_is_container_only_with_trove_s_image_name(known):
+    """[mysql] docker_image defaults to 'mysql' (trove/common/cfg.py); the
+    image built here for 8.0 is the one the agent runs."""
+    from trove.common import cfg
+    from trove_image_builder.build import datastore_image
+    info = known["mysql"].datastore
+    assert info.runtimes == ("container",)
+    assert info.docker_image == cfg.CONF.get("mysql").docker_image == "mysql"
+    assert info.image_ref("8.0") == "mysql:8.0"
+    assert info.image_ref("8.0") in datastore_image.known()
 
 
 def test_elements_without_datastore_yaml_are_not_datastores(known):

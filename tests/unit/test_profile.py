@@ -401,7 +401,7 @@ def test_env_names_and_values(write):
 def test_unknown_datastore(write, known):
     path = write("a.yaml", MINIMAL + "datastore:\n  name: oracle\n")
     assert error_of(path, known_elements=known) == (
-        "a.yaml: datastore.name: unknown datastore 'oracle'; known: mariadb, postgresql "
+        "a.yaml: datastore.name: unknown datastore 'oracle'; known: mariadb, mysql, postgresql "
         "(a datastore is an element folder with a datastore.yaml)")
 
 
@@ -420,6 +420,21 @@ def test_unsupported_runtime(write, known, tmp_path):
     assert error_of(path, known_elements=elements.discover([tmp_path / "mine"])) == (
         "a.yaml: datastore.runtime: 'container' is not supported by the redis "
         "element; it supports: package")
+
+
+def test_mysql_8_0_in_a_container(write, known):
+    path = write("a.yaml", MINIMAL + "datastore:\n  name: mysql\n  version: '8.0'\n"
+                 "  runtime: container\n")
+    ds = profiles.load(str(path), known_elements=known).datastore
+    assert (ds.name, ds.version, ds.runtime) == ("mysql", "8.0", "container")
+
+
+def test_mysql_from_packages_is_refused(write, known):
+    path = write("a.yaml", MINIMAL + "datastore:\n  name: mysql\n  version: '8.0'\n"
+                 "  runtime: package\n")
+    assert error_of(path, known_elements=known) == (
+        "a.yaml: datastore.runtime: 'package' is not supported by the mysql element; "
+        "it supports: container")
 
 
 def test_package_runtime_refused_for_a_current_agent(write, known):

@@ -1,5 +1,6 @@
-"""Datastore container images built here from Debian trixie packages, with
-no registry: ``mariadb:11.8`` and ``postgres:17``, as docker-archives.
+"""Datastore container images built here from distribution packages, with
+no registry, as docker-archives: ``mariadb:11.8`` and ``postgres:17`` from
+Debian trixie, ``mysql:8.0`` from Ubuntu noble (distributions.py).
 
 The contract: what Trove 26's guest agent does with the image, and what
 the image therefore does (file names under trove/ in the Trove release).
@@ -54,6 +55,35 @@ mariadb-upgrade when the data is from an older server and remakes a missing
 .my-healthcheck.cnf. ``healthcheck.sh`` (Debian ships none) exits 0 only when
 the server answers with networking on and InnoDB is initialised.
 
+MySQL (guestagent/datastore/mysql_common/service.py ``start_db``,
+mysql_common/manager.py, mysql/service.py, mysql/manager.py):
+
+- the same mounts as MariaDB (host ``/etc/mysql`` with its my.cnf from
+  templates/mysql/config.template: socket /var/run/mysqld/mysqld.sock,
+  datadir /var/lib/mysql/data, ``secure-file-priv = NULL``,
+  ``default_authentication_plugin = mysql_native_password`` below 8.4, no
+  log file), env ``MYSQL_ROOT_PASSWORD`` and ``MYSQL_INITDB_SKIP_TZINFO=1``,
+  not privileged;
+- command ``--datadir=/var/lib/mysql/data`` (``get_start_db_params``): no
+  --defaults-file, so mysqld reads the mounted /etc/mysql/my.cnf by
+  default; on a restore ``mysqld --init-file=<datadir>/init.sql
+  --datadir=...`` (``reset_password_for_restore``) and ``mysqld
+  --skip-slave-start=ON --datadir=...`` (``reset_data_for_restore_snapshot``);
+- health check ``mysqladmin ping -h 127.0.0.1 -u root
+  --password=$MYSQL_ROOT_PASSWORD`` in exec form (the engine expands no
+  variable; mysqladmin ping exits 0 on any answer, "access denied"
+  included): healthy as soon as the server listens on TCP;
+- then root with the password over /var/lib/mysqld/mysqld.sock, as for
+  MariaDB (os_admin, secure_root).
+
+So the mysql image (mysql/docker-entrypoint.sh): on an empty data folder it
+runs ``mysqld --initialize-insecure`` with the agent's options, starts a
+socket-only temporary server (no TCP: not healthy yet), sets
+root@localhost's password, makes root@'%' as the official image does,
+loads the time zone tables unless told not to, stops the temporary server
+and execs the server; data already there is used as it is (MySQL upgrades
+its own data at start). mysql-client-8.0 gives mysql and mysqladmin.
+
 PostgreSQL (guestagent/datastore/postgres/service.py ``start_db``,
 postgres/manager.py):
 
@@ -83,8 +113,10 @@ command that is not the server's as given. The image's default user is
 1001:1001; its mount points are writable by any uid when nothing is mounted.
 
 Build: mmdebstrap (minbase, no recommends, no documentation) writes the
-root file system as a tar; archive.py wraps it as the one layer of a
-docker-archive. Cached under ``<cache>/datastore-images``, one folder per
+root file system as a tar, from the recipe's distribution, verified with
+the host's Debian keyring or with the Ubuntu archive keyring checked
+against pinned fingerprints (build/ubuntu_keyring.py); archive.py wraps it
+as the one layer of a docker-archive. Cached under ``<cache>/datastore-images``, one folder per
 image named by the hash of every input (recipes.py), with a JSON sidecar
 holding the image ID and the version of every package inside. The cache is
 keyed by the inputs, not by the mirror's state: ``rebuild`` takes newer
@@ -104,8 +136,10 @@ from ...plumbing import host, log
 from ...plumbing.cleanup import release_workdir
 from ...plumbing.runner import run, sha256_of
 from ..cache import cache_dir
-from . import archive, recipes
-from .recipes import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
+from .. import ubuntu_keyring
+from . import archive, distributions, recipes
+from .distributions import DEFAULT, DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR  # noqa: F401
+from .recipes import Recipe
 
 SIDECAR_SCHEMA = 1
 
@@ -134,8 +168,9 @@ def recipe(ref: str) -> Recipe:
     names = ", ".join(known())
     same_name = [r for r in recipes.RECIPES.values() if r.name == ref.split(":")[0]]
     if same_name:
-        raise InputError(f"{ref}: Debian {recipes.SUITE} has {same_name[0].server_package} "
-                         f"{same_name[0].server_version}, so only {same_name[0].ref} can be "
+        other = same_name[0]
+        raise InputError(f"{ref}: {other.distribution.title} has {other.server_package} "
+                         f"{other.server_version}, so only {other.ref} can be "
                          f"built here (known: {names})")
     raise InputError(f"{ref}: not a datastore image that can be built here (known: {names})")
 
@@ -168,25 +203,54 @@ def _load(entry: Path, rec: Recipe, digest: str) -> DatastoreImage | None:
                           dict(meta["packages"]), digest, meta["archive_sha256"])
 
 
-def cached(ref: str, cache: Path | None = None, *, mirror: str = DEFAULT_MIRROR,
-           security_mirror: str | None = DEFAULT_SECURITY_MIRROR) -> DatastoreImage | None:
+def mirrors_for(ref: str, distro: str, mirror: str | None,
+                security_mirror: str | None) -> dict:
+    """The mirror arguments of build() and cached() for ref from an OS's
+    mirrors (a profile's os.distro, os.mirror, os.security_mirror): only
+    when ref's packages come from that distribution, else none (its own
+    defaults)."""
+    if recipe(ref).distribution.name != distro:
+        return {}
+    given = {"mirror": mirror, "security_mirror": security_mirror}
+    return {k: v for k, v in given.items() if v}
+
+
+def cached(ref: str, cache: Path | None = None, *, mirror=DEFAULT,
+           security_mirror=DEFAULT) -> DatastoreImage | None:
     """What build() would return without building anything, or None."""
     rec = recipe(ref)
+    mirror, security_mirror = rec.distribution.mirrors(mirror, security_mirror)
     digest = recipes.inputs_hash(rec, mirror, security_mirror)
     return _load(_entry(cache, rec, digest), rec, digest)
 
 
-def host_problems() -> list[str]:
-    """What this host lacks for a build, as fixes to make."""
+def host_problems(rec: Recipe) -> list[str]:
+    """What this host lacks for building rec, as fixes to make."""
     problems = []
     if os.geteuid() != 0:
         problems.append("mmdebstrap --mode=root needs root: run as root")
     if host.which("mmdebstrap") is None:
         problems.append("mmdebstrap is missing: install 'mmdebstrap'")
-    if not (recipes.KEYRING.is_file() and recipes.TRIXIE_KEY.is_file()):
-        problems.append(f"{recipes.KEYRING} cannot verify Debian {recipes.SUITE}: install "
+    dist = rec.distribution
+    if dist is distributions.TRIXIE and not (
+            dist.keyring.is_file() and distributions.TRIXIE_KEY.is_file()):
+        problems.append(f"{dist.keyring} cannot verify {dist.title}: install "
                         "debian-archive-keyring 2023.3+deb12u2 or later")
+    if dist.keyring is None and host.which("gpg") is None:
+        problems.append(f"gpg is missing (it checks the {dist.title} archive keyring): "
+                        "install 'gpg'")
     return problems
+
+
+def _keyring(rec: Recipe, mirror: str) -> Path:
+    """What verifies rec's archive: the host's Debian keyring, or the
+    Ubuntu archive keyring from mirror's pool, checked against the pinned
+    fingerprints (build/ubuntu_keyring.py)."""
+    dist = rec.distribution
+    if dist.keyring is not None:
+        return dist.keyring
+    with log.step(f"{dist.title} archive keyring (pinned fingerprints)"):
+        return ubuntu_keyring.verified_keyring(mirror, dist.suite)
 
 
 def parse_packages(text: str) -> dict[str, str]:
@@ -219,10 +283,12 @@ def _make(rec: Recipe, digest: str, work: Path, mirror: str,
     tmp.mkdir()
     entry.mkdir()
     layer, listing = work / "rootfs.tar", work / "packages.tsv"
-    with log.step(f"root file system: mmdebstrap {recipes.SUITE} "
+    dist = rec.distribution
+    keyring = _keyring(rec, mirror)
+    with log.step(f"root file system: mmdebstrap {dist.title} "
                   f"({', '.join(rec.packages)})"):
         # TMPDIR: mmdebstrap's own work folder (and its mounts) stay in ours
-        run(recipes.mmdebstrap_argv(rec, mirror, security_mirror, layer, listing),
+        run(recipes.mmdebstrap_argv(rec, mirror, security_mirror, layer, listing, keyring),
             env_changes={"TMPDIR": tmp})
     packages = parse_packages(listing.read_text())
     server = _server_version(rec, packages)
@@ -230,15 +296,15 @@ def _make(rec: Recipe, digest: str, work: Path, mirror: str,
         out = entry / f"{_stem(rec)}.tar"
         image_id = archive.write(
             layer, rec.ref, rec.image_config(), out, architecture=recipes.ARCH,
-            created_by=f"trove-image-builder {__version__}: mmdebstrap {recipes.SUITE} "
+            created_by=f"trove-image-builder {__version__}: mmdebstrap {dist.suite} "
                        + " ".join(rec.packages))
         layer.unlink()
     size = out.stat().st_size
     meta = {"schema": SIDECAR_SCHEMA, "ref": rec.ref, "image_id": image_id,
             "archive": out.name, "size_bytes": size, "archive_sha256": sha256_of(out),
             "server_package": rec.server_package, "server_version": server,
-            "packages": packages, "inputs_hash": digest, "suite": recipes.SUITE,
-            "sources": recipes.sources(mirror, security_mirror),
+            "packages": packages, "inputs_hash": digest, "distribution": dist.name,
+            "suite": dist.suite, "sources": recipes.sources(rec, mirror, security_mirror),
             "builder_version": __version__,
             "build_seconds": round(time.monotonic() - started, 1)}
     (entry / f"{_stem(rec)}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -247,13 +313,15 @@ def _make(rec: Recipe, digest: str, work: Path, mirror: str,
     return entry
 
 
-def build(ref: str, cache: Path | None = None, *, mirror: str = DEFAULT_MIRROR,
-          security_mirror: str | None = DEFAULT_SECURITY_MIRROR,
-          rebuild: bool = False) -> DatastoreImage:
+def build(ref: str, cache: Path | None = None, *, mirror=DEFAULT,
+          security_mirror=DEFAULT, rebuild: bool = False) -> DatastoreImage:
     """The image ref from the cache, or built into it first (always with
     rebuild). Written beside the cache and moved into place whole; nothing
-    is left behind on a failure or Ctrl-C."""
+    is left behind on a failure or Ctrl-C. The mirrors are those of ref's
+    distribution (DEFAULT: its own; a None security mirror: no security
+    updates)."""
     rec = recipe(ref)
+    mirror, security_mirror = rec.distribution.mirrors(mirror, security_mirror)
     digest = recipes.inputs_hash(rec, mirror, security_mirror)
     entry = _entry(cache, rec, digest)
     if not rebuild:
@@ -261,7 +329,7 @@ def build(ref: str, cache: Path | None = None, *, mirror: str = DEFAULT_MIRROR,
         if found is not None:
             log.info(f"{ref}: cached, {found.image_id[:19]} ({found.archive})")
             return found
-    problems = host_problems()
+    problems = host_problems(rec)
     if problems:
         raise HostError(f"cannot build {ref}: " + "; ".join(problems))
     entry.parent.mkdir(parents=True, exist_ok=True)

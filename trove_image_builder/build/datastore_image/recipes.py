@@ -1,24 +1,18 @@
 """What goes into each datastore image, in one table, and the mmdebstrap
 command that makes its root file system. Everything that shapes an image is
-in its Recipe or in the constants here, and all of it goes into the inputs
-hash that keys the cache."""
+in its Recipe (with its Distribution, distributions.py) or in the constants
+here, and all of it goes into the inputs hash that keys the cache."""
 from dataclasses import dataclass
 import hashlib
 import json
 from pathlib import Path
 import shlex
 
-# Bump when the build changes in a way the table below does not show.
-RECIPE_VERSION = 1
+from .distributions import (  # noqa: F401 (the Debian defaults, as the CLI names them)
+    ARCH, DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, NOBLE, TRIXIE, Distribution)
 
-SUITE = "trixie"
-ARCH = "amd64"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-# The host's keyring knows trixie when its package ships this (bookworm's
-# debian-archive-keyring 2023.3+deb12u2 and later do).
-TRIXIE_KEY = Path("/usr/share/keyrings/debian-archive-trixie-stable.gpg")
+# Bump when the build changes in a way the table below does not show.
+RECIPE_VERSION = 2
 
 DATA = Path(__file__).resolve().parent
 
@@ -36,6 +30,12 @@ DPKG_OPTIONS = ("path-exclude=/usr/share/doc/*", "path-include=/usr/share/doc/*/
 # tools run with 'docker exec' (psql, pg_ctl, mariadb) know who they are.
 SERVICE_UID = 1001
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Run first on the root file system ("$1"), for every image: what packages
+# left in /run goes (mmdebstrap's own cleanup/run is skipped, since it would
+# also remove the socket folders the recipes make there).
+CLEAN_RUN = ('find "$1/run" -mindepth 1 -maxdepth 1 ! -name lock '
+             '-exec rm -rf --one-file-system {} +')
 
 # Run on the finished root file system ("$1"), for every image.
 COMMON_SETUP = (
@@ -63,6 +63,7 @@ class File:
 @dataclass(frozen=True)
 class Recipe:
     ref: str                      # <[manager] docker_image>:<datastore version>
+    distribution: Distribution    # where the packages come from
     server_package: str           # its version must start with server_version
     server_version: str
     packages: tuple[str, ...]
@@ -103,6 +104,7 @@ ENTRYPOINT = "/usr/local/bin/docker-entrypoint.sh"
 RECIPES = {r.ref: r for r in (
     Recipe(
         ref="mariadb:11.8",
+        distribution=TRIXIE,
         server_package="mariadb-server",
         server_version="11.8",
         packages=("mariadb-server", "mariadb-client", "tzdata"),
@@ -126,6 +128,7 @@ RECIPES = {r.ref: r for r in (
     ),
     Recipe(
         ref="postgres:17",
+        distribution=TRIXIE,
         server_package="postgresql-17",
         server_version="17",
         packages=("postgresql-17", "locales", "tzdata", "libnss-wrapper"),
@@ -153,31 +156,62 @@ RECIPES = {r.ref: r for r in (
         stop_signal="SIGINT",
         description="PostgreSQL 17 from Debian trixie packages, for Trove's guest agent",
     ),
+    Recipe(
+        ref="mysql:8.0",
+        distribution=NOBLE,
+        server_package="mysql-server-8.0",
+        server_version="8.0",
+        # mysql-server-8.0 brings mysql-client-8.0 (mysql, mysqladmin: the
+        # agent's health check is 'mysqladmin ping -h 127.0.0.1',
+        # trove/guestagent/datastore/mysql/service.py HEALTHCHECK)
+        packages=("mysql-server-8.0", "mysql-client-8.0", "tzdata"),
+        files=(File("mysql/docker-entrypoint.sh", ENTRYPOINT),
+               # the image's own defaults, in place of Ubuntu's (which bind
+               # to 127.0.0.1 and log to /var/log/mysql)
+               File("mysql/mysqld.cnf", "/etc/mysql/mysql.conf.d/mysqld.cnf", 0o644)),
+        setup=(
+            # the data folder, keyring and files folders mysql-server-8.0's
+            # postinst made: not ours
+            'rm -rf "$1"/var/lib/mysql/* "$1/var/lib/mysql-keyring" "$1/var/lib/mysql-files"',
+            # the password of a debian-sys-maint user that data folder had
+            'rm -f "$1/etc/mysql/debian.cnf"',
+            'mkdir -p "$1/var/lib/mysql/data" "$1/run/mysqld"',
+            'chmod 1777 "$1/var/lib/mysql" "$1/var/lib/mysql/data" "$1/run/mysqld"',
+        ),
+        entrypoint=(ENTRYPOINT,),
+        cmd=("mysqld",),
+        env=(("PATH", BASE_PATH), ("LANG", "C.UTF-8")),
+        port=3306,
+        stop_signal="SIGTERM",
+        description="MySQL 8.0 from Ubuntu noble packages, for Trove's guest agent",
+    ),
 )}
 
 
-def sources(mirror: str, security_mirror: str | None) -> list[str]:
-    """The apt source lines: the suite and its updates from the mirror, the
-    security updates from the security mirror (none: no security line)."""
-    mirror = mirror.rstrip("/")
-    lines = [f"deb {mirror} {SUITE} main", f"deb {mirror} {SUITE}-updates main"]
-    if security_mirror:
-        lines.append(f"deb {security_mirror.rstrip('/')} {SUITE}-security main")
-    return lines
+def sources(recipe: Recipe, mirror: str, security_mirror: str | None) -> list[str]:
+    """The apt source lines of recipe's distribution (see
+    Distribution.sources)."""
+    return recipe.distribution.sources(mirror, security_mirror)
 
 
 def inputs_hash(recipe: Recipe, mirror: str, security_mirror: str | None) -> str:
-    """SHA-256 over everything that makes the image: the recipe, the
-    sources, the options, the content of every file copied in."""
+    """SHA-256 over everything that makes the image: the recipe, its
+    distribution, the sources, the options, the content of every file
+    copied in."""
+    dist = recipe.distribution
     inputs = {
         "recipe_version": RECIPE_VERSION,
-        "recipe": {k: v for k, v in recipe.__dict__.items() if k != "files"},
+        "recipe": {k: v for k, v in recipe.__dict__.items()
+                   if k not in ("files", "distribution")},
         "files": [{"target": f.target, "mode": f.mode,
                    "sha256": hashlib.sha256(f.path.read_bytes()).hexdigest()}
                   for f in recipe.files],
         "config": recipe.image_config(),
-        "suite": SUITE, "arch": ARCH, "sources": sources(mirror, security_mirror),
-        "apt": APT_OPTIONS, "dpkg": DPKG_OPTIONS, "common_setup": COMMON_SETUP,
+        "distribution": {"name": dist.name, "suite": dist.suite,
+                         "keyring": dist.keyring_identity()},
+        "arch": ARCH, "sources": sources(recipe, mirror, security_mirror),
+        "apt": APT_OPTIONS, "dpkg": DPKG_OPTIONS, "clean_run": CLEAN_RUN,
+        "common_setup": COMMON_SETUP,
         "uid": SERVICE_UID,
     }
     text = json.dumps(inputs, sort_keys=True, default=list)
@@ -185,22 +219,30 @@ def inputs_hash(recipe: Recipe, mirror: str, security_mirror: str | None) -> str
 
 
 def mmdebstrap_argv(recipe: Recipe, mirror: str, security_mirror: str | None,
-                    layer: Path, packages_list: Path) -> list[str]:
+                    layer: Path, packages_list: Path, keyring: Path | None = None) -> list[str]:
     """mmdebstrap writing the root file system as a tar (the image's one
     layer), and the installed packages as 'status<TAB>name<TAB>version'
-    lines into packages_list."""
-    hooks = [f'install -D -m {f.mode:04o} {shlex.quote(str(f.path))} "$1"{shlex.quote(f.target)}'
-             for f in recipe.files]
+    lines into packages_list. keyring: what verifies the archive (default:
+    the distribution's keyring on the host; an Ubuntu recipe needs the
+    verified Ubuntu archive keyring given)."""
+    keyring = keyring or recipe.distribution.keyring
+    if keyring is None:
+        raise ValueError(f"{recipe.ref}: give the verified keyring of "
+                         f"{recipe.distribution.title}")
+    hooks = [CLEAN_RUN]
+    hooks += [f'install -D -m {f.mode:04o} {shlex.quote(str(f.path))} "$1"{shlex.quote(f.target)}'
+              for f in recipe.files]
     hooks += list(recipe.setup) + list(COMMON_SETUP)
     hooks.append("chroot \"$1\" dpkg-query --show "
                  "--showformat='${db:Status-Abbrev}\\t${Package}\\t${Version}\\n' > "
                  + shlex.quote(str(packages_list)))
     return ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-            f"--architectures={ARCH}", f"--keyring={KEYRING}",
+            f"--architectures={ARCH}", f"--keyring={keyring}",
             "--include=" + ",".join(recipe.packages),
             *[f"--aptopt={o}" for o in APT_OPTIONS],
             *[f"--dpkgopt={o}" for o in DPKG_OPTIONS],
             # no device nodes in the layer: the engine makes /dev
-            "--skip=output/dev",
+            "--skip=output/dev", "--skip=cleanup/run",
             *[f"--customize-hook={h}" for h in hooks],
-            SUITE, str(layer), *sources(mirror, security_mirror)]
+            recipe.distribution.suite, str(layer),
+            *sources(recipe, mirror, security_mirror)]
