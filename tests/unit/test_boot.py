@@ -65,7 +65,7 @@ def test_qemu_argv_network_is_restricted_to_loopback_ssh(tmp_path):
     assert [p for p in parts if p.startswith("hostfwd=")] == \
         ["hostfwd=tcp:127.0.0.1:40022-:22"]
     assert "guestfwd" not in netdev
-    assert "virtio-net-pci,netdev=net0" in option(argv, "-device")
+    assert f"virtio-net-pci,netdev=net0,mac={boot.GUEST_MAC}" in option(argv, "-device")
 
 
 def test_qemu_argv_guest_forward_to_the_hosts_loopback(tmp_path, fake_which):
@@ -178,7 +178,8 @@ def test_config_drive_layout(drive):
                            check=True, capture_output=True, text=True).stdout.split()
     assert sorted(p.strip("'") for p in found) == [
         "/openstack/content/0000", "/openstack/content/0001",
-        "/openstack/latest/meta_data.json", "/openstack/latest/vendor_data.json"]
+        "/openstack/latest/meta_data.json", "/openstack/latest/network_data.json",
+        "/openstack/latest/vendor_data.json"]
 
 
 @needs_xorriso
@@ -195,6 +196,17 @@ def test_config_drive_meta_data(drive, tmp_path):
         injected = root / "openstack" / entry["content_path"].lstrip("/")
         assert injected.read_text() == files[entry["path"]]
     assert json.loads((root / "openstack/latest/vendor_data.json").read_text()) == {}
+
+
+@needs_xorriso
+def test_config_drive_network_is_ipv4_dhcp_on_the_guests_port(drive, tmp_path):
+    """IPv4 DHCP only, on the port qemu gives the guest: cloud-init's
+    fallback would also ask DHCPv6, which qemu's user network never answers."""
+    root = extract(drive[0], tmp_path / "x")
+    net = json.loads((root / "openstack/latest/network_data.json").read_text())
+    (link,) = net["links"]
+    assert link["ethernet_mac_address"] == boot.GUEST_MAC
+    assert [(n["type"], n["link"]) for n in net["networks"]] == [("ipv4_dhcp", link["id"])]
 
 
 @needs_xorriso

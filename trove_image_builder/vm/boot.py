@@ -30,6 +30,8 @@ from ..plumbing.host import free_port
 from ..plumbing.runner import run, stop
 
 GUEST_FORWARD_IP = "10.0.2.100"
+# the guest's one network port (qemu's default address, named in network_data.json)
+GUEST_MAC = "52:54:00:12:34:56"
 BOOT_TIMEOUT = 900
 # The VM's memory, the flavor's ram the prepare test tells the agent about:
 # MariaDB and PostgreSQL in their containers fit with the agent and docker.
@@ -104,12 +106,28 @@ def config_drive(folder: Path, out: Path, instance_id: str, public_key: str,
             "files": entries}
     (latest / "meta_data.json").write_text(json.dumps(meta))
     (latest / "vendor_data.json").write_text("{}")
+    (latest / "network_data.json").write_text(json.dumps(network_data()))
     tool = host.which("xorriso")
     if tool is None:
         raise HostError("xorriso not found; install 'xorriso' (scripts/install does)")
     run([tool, "-as", "mkisofs", "-quiet", "-o", str(out), "-V", "config-2",
          "-J", "-R", str(root)])
     return out
+
+
+def network_data() -> dict:
+    """The network as Nova's config drive describes it (network_data.json,
+    nova/virt/netutils.py get_network_metadata): one port on an IPv4 network
+    with DHCP, as qemu's user network is. Without it cloud-init falls back
+    to DHCP on both IPv4 and IPv6 (cloud-init 25 on trixie), and ifupdown
+    waits its five minutes for a DHCPv6 answer that never comes."""
+    return {
+        "links": [{"id": "tap-tib0", "type": "vif", "vif_id": "tib0",
+                   "ethernet_mac_address": GUEST_MAC, "mtu": 1500}],
+        "networks": [{"id": "network0", "type": "ipv4_dhcp", "link": "tap-tib0",
+                      "network_id": "tib-network"}],
+        "services": [],
+    }
 
 
 def qemu_argv(overlay: Path, volume: Path, drive: Path, ssh_port: int, console: Path,
@@ -130,7 +148,7 @@ def qemu_argv(overlay: Path, volume: Path, drive: Path, ssh_port: int, console: 
             "-drive", f"file={overlay},if=virtio,format=qcow2",
             "-drive", f"file={volume},if=virtio,format=raw",
             "-drive", f"file={drive},if=virtio,format=raw,readonly=on",
-            "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
             "-device", "virtio-rng-pci"]
     argv += ["-cpu", "host"] if accel == "kvm" else ["-cpu", "max"]
     return argv
