@@ -176,6 +176,19 @@ def postgres_image():
     return datastore_image.build("postgres:17")
 
 
+@pytest.fixture(scope="session")
+def mysql_image():
+    """mysql:8.0 built from Ubuntu noble packages, in the default cache."""
+    return datastore_image.build("mysql:8.0")
+
+
+@pytest.fixture(scope="session")
+def prod_mysql_noble(images_dir, mysql_image) -> BuiltImage:
+    """prod-mysql-noble (Ubuntu noble, MySQL 8.0 in a container) built for
+    real with DIB, once per run."""
+    return _build(images_dir, "prod-mysql-noble")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _needs_root():
     if os.geteuid() != 0:
@@ -195,7 +208,8 @@ def redis_package(images_dir) -> BuiltImage:
 
 # Cheap checks first (seconds: a broker, loop devices, the datastore
 # images), then the image builds with their offline checks, then the boots.
-ORDER = ("test_rabbit_tls", "test_trove_certs_volume", "test_datastore_images",
+ORDER = ("test_rabbit_tls", "test_trove_certs_volume", "test_ubuntu_keyring",
+         "test_shipped_profiles", "test_datastore_images",
          "test_build", "test_layered_build", "test_verify", "test_container_runtime",
          "test_virt_customize", "test_user_datastore", "test_prepare", "test_dev_loop",
          "test_certificates")

@@ -51,3 +51,8 @@ def test_prepare_mariadb(prod_mariadb, tmp_path):
 
 def test_prepare_postgresql(prod_postgresql):
     _prepared(prod_postgresql)
+
+
+def test_prepare_mysql_on_ubuntu_noble(prod_mysql_noble):
+    assert prod_mysql_noble.manifest["os"]["os_release"]["VERSION_CODENAME"] == "noble"
+    _prepared(prod_mysql_noble)

@@ -17,11 +17,12 @@ from .. import __version__, elements
 from . import backends, images, layered, layers
 from .cache import LayerCache, cache_dir
 from .datastore_image import build as build_datastore_image, cached as cached_datastore_image
+from .datastore_image import mirrors_for
 from ..plumbing import host, imagefs, log
 from ..plumbing.cleanup import release_workdir, terminate_as_interrupt
 from ..plumbing.runner import run, sha256_of
 from .manifest import check_contents, contract_for, read_contents
-from .plan import BuildPlan, check_inputs, make_plan
+from .plan import BuildPlan, check_inputs, make_plan, obtain_keyring
 
 MANIFEST_SCHEMA = 2
 
@@ -106,15 +107,11 @@ def staged(profile, output=None, extra_paths=(), backend_name=None,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _mirrors(profile) -> dict:
-    """Debian packages of a datastore image: from the profile's Debian
-    mirrors, if it has them."""
-    mirrors = {}
-    if profile.os.distro == "debian" and profile.os.mirror:
-        mirrors["mirror"] = profile.os.mirror
-    if profile.os.distro == "debian" and profile.os.security_mirror:
-        mirrors["security_mirror"] = profile.os.security_mirror
-    return mirrors
+def _mirrors(profile, ref: str) -> dict:
+    """The packages of a datastore image: from the profile's mirrors when
+    the image is made from the profile's own distribution."""
+    return mirrors_for(ref, profile.os.distro, profile.os.mirror,
+                       profile.os.security_mirror)
 
 
 def explain(profile, output=None, extra_paths=(), backend_name=None,
@@ -129,7 +126,8 @@ def explain(profile, output=None, extra_paths=(), backend_name=None,
     with tempfile.TemporaryDirectory(prefix="tib-explain-") as tmp:
         listed = []
         if preview.datastore_image:
-            made = cached_datastore_image(preview.datastore_image, **_mirrors(profile))
+            made = cached_datastore_image(preview.datastore_image,
+                                          **_mirrors(profile, preview.datastore_image))
             if made is not None:
                 listed.append(images.PreparedImage(made.ref, made.archive, made.image_id,
                                                    made.archive_sha256, made.size_bytes))
@@ -151,11 +149,16 @@ def explain(profile, output=None, extra_paths=(), backend_name=None,
 
 
 def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dict, list]:
-    """What the plan needs from a started build: the per-build ssh key
-    (development images) and the prepared container images."""
+    """What the plan needs from a started build: the Ubuntu archive keyring
+    (checked against the pinned keys), the per-build ssh key (development
+    images) and the prepared container images."""
     profile = preview.profile
     inputs: dict = {}
     prepared: list = []
+    if profile.os.distro == "ubuntu":
+        with log.step("the Ubuntu archive keyring (checked against the pinned keys)",
+                      timings, "keyring"):
+            inputs["apt_keyring"] = obtain_keyring(profile)
     if preview.dev_key is not None:
         with log.step("generate the per-build ssh key", timings, "ssh-key"):
             key = workdir / "id_ed25519"
@@ -165,7 +168,8 @@ def _build_inputs(preview: BuildPlan, workdir: Path, timings: dict) -> tuple[dic
     if preview.datastore_image:
         with log.step(f"the datastore image {preview.datastore_image} (built here, "
                       "or from the cache)", timings, "datastore-image"):
-            made = build_datastore_image(preview.datastore_image, **_mirrors(profile))
+            made = build_datastore_image(preview.datastore_image,
+                                         **_mirrors(profile, preview.datastore_image))
             prepared.append(images.PreparedImage(
                 made.ref, made.archive, made.image_id, made.archive_sha256,
                 made.size_bytes, packages=made.packages))

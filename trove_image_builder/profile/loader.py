@@ -37,8 +37,9 @@ LOADING_KEYS = ("extends", "variables")
 # Finding profiles
 
 def available(folder: Path) -> dict[str, Path]:
-    """The profiles in folder (those a name finds), by name."""
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    """The profiles in folder (those a name finds), by name, in name order
+    (prod-x before prod-x-noble, which file-name order reverses)."""
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"), key=lambda p: p.stem)}
 
 
 def display(path: Path) -> str:

@@ -12,6 +12,11 @@ USER_HOOK = "/usr/local/lib/trove-certs/user-hook"
 SYSTEM_CA_FOLDERS = ("/usr/local/share/ca-certificates", "/etc/pki/ca-trust/source/anchors")
 # the in-image paths come from the image's own contract (expect.paths)
 TROVE_DIRS = ("injected", "certs", "state", "log")
+# The network stack cloud-init writes the instance's network for, by OS (the
+# trove-guest element installs it): Debian's ifupdown (cloud-init's 'eni'
+# renderer), Ubuntu's netplan (its 'netplan' renderer, for systemd-networkd)
+# with systemd-resolved for the DNS servers DHCP gives.
+NETWORK_PACKAGES = {"debian": ("ifupdown",), "ubuntu": ("netplan.io", "systemd-resolved")}
 
 
 def test_os_release(host, expect):
@@ -160,6 +165,15 @@ def test_cloud_init_datasources(host):
     assert lines, "no datasource_list in /etc/cloud/cloud.cfg.d"
     assert "ConfigDrive" in lines[-1] and "OpenStack" in lines[-1], \
         f"cloud-init datasources: {lines[-1]}"
+
+
+def test_network_stack(host, expect):
+    wanted = NETWORK_PACKAGES.get(expect.distro)
+    if wanted is None:
+        pytest.skip(f"no network stack known here for {expect.distro}")
+    missing = [name for name in wanted if not host.package(name).is_installed]
+    assert not missing, f"{expect.distro} {expect.release} without {', '.join(missing)}: " \
+        "cloud-init has no network stack to configure"
 
 
 def test_no_private_keys(host, expect):
