@@ -104,6 +104,13 @@ def test_production_and_development_images_share_their_base(trove_tree):
     assert prod["agent"].key != dev["agent"].key
 
 
+def test_each_backend_stands_on_its_own_base():
+    dib = by_name(layers.plan_layers(plan_of("prod-mariadb"), backend="dib"))
+    vc = by_name(layers.plan_layers(plan_of("prod-mariadb"), backend="virt-customize"))
+    assert dib["base"].key != vc["base"].key
+    assert dib["agent"].key != vc["agent"].key
+
+
 def test_a_new_agent_version_changes_the_agent_layer_and_above_only():
     a = by_name(layers.plan_layers(plan_of("prod-mariadb")))
     b = by_name(layers.plan_layers(plan_of("prod-mariadb", ["guest_agent.version=25.0.0"])))

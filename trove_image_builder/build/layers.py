@@ -225,10 +225,13 @@ def split(plan: BuildPlan) -> tuple[dict[str, list[str]], list[str], dict[str, P
     return {k: layers[k] for k in LAYER_ORDER if k in layers}, notes, everything
 
 
-def plan_layers(plan: BuildPlan, dib_version: str | None = None) -> Layering:
+def plan_layers(plan: BuildPlan, dib_version: str | None = None,
+                backend: str = "dib") -> Layering:
     """The layers of plan with their keys. Inputs that exist only once a
     build started (the images list, the dev key) count as they are in the
-    plan: a dry run sees placeholders."""
+    plan: a dry run sees placeholders. The base layer is the backend's own
+    work (disk-image-create, or the appliance on a DIB base): its key names
+    the backend, so an image of one backend never stands on the other's."""
     groups, notes, folders = split(plan)
     if dib_version is None:
         dib_version = _dib_version()
@@ -236,7 +239,7 @@ def plan_layers(plan: BuildPlan, dib_version: str | None = None) -> Layering:
     base_resolved = resolve(groups["base"], search_paths(plan))
     inputs = {"format": LAYER_FORMAT, "diskimage-builder": dib_version,
               "packages": _digest(sorted(plan.packages)), "size": plan.size_gib,
-              "arch": plan.arch}
+              "arch": plan.arch, "backend": backend}
     for name in sorted(base_resolved):
         inputs[f"element {name}"] = files_digest(base_resolved[name])
     for var in sorted(base_env):

@@ -193,7 +193,7 @@ def layering_for(plan: BuildPlan, options: Options,
     why_not = layers.layerable(plan)
     if why_not:
         return None, why_not
-    return layers.plan_layers(plan), ""
+    return layers.plan_layers(plan, backend=backend.name), ""
 
 
 def _stage(plan: BuildPlan, backend, workdir: Path, out: Path, prepared: list,
