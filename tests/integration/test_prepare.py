@@ -49,6 +49,10 @@ def test_prepare_mariadb(prod_mariadb, tmp_path):
     assert cases["test_contract_rpc_ping"].find("failure") is None
 
 
+# CI's time goes to one prepare per OS (prod-mariadb on trixie,
+# prod-mysql-noble on noble); PostgreSQL's runs with
+# pytest -m extended tests/integration/test_prepare.py
+@pytest.mark.extended
 def test_prepare_postgresql(prod_postgresql):
     _prepared(prod_postgresql)
 

@@ -1,6 +1,7 @@
 """The virt-customize backend for real. CI builds each real image once: DIB
 makes prod-mariadb, virt-customize makes prod-postgresql; both pass the same
-checks (offline here, booted with Trove's prepare in test_prepare.py), and
+checks (offline here; booted with Trove's prepare in test_prepare.py, an
+extended test), and
 the guests they make share everything but the datastore."""
 import json
 
