@@ -1,6 +1,7 @@
 """Layered builds for real: an unchanged rebuild reuses the finished image,
-a change to the agent's source tree rebuilds the agent layer only, and a
-build in one DIB run holds what the layered build holds; all verify."""
+a change to the agent's source tree rebuilds the agent layer only, and (an
+extended test) a build in one DIB run holds what the layered build holds;
+all verify."""
 import json
 import shutil
 import uuid
@@ -75,6 +76,9 @@ def test_a_changed_agent_tree_rebuilds_the_agent_layer_only(
           {k: v["seconds"] for k, v in got.items()})
 
 
+# A whole build more (about 150 s): beyond CI's time; run it with
+# pytest -m extended tests/integration/test_layered_build.py
+@pytest.mark.extended
 def test_one_dib_run_and_the_layers_give_the_same_guest(prod_mariadb, tmp_path):
     out = tmp_path / "one-run.qcow2"
     result, _ = _build("prod-mariadb", "-o", str(out), "--no-layers")
