@@ -141,17 +141,21 @@ def element_env(own, plan_env: dict) -> dict:
             if k.startswith(("TROVE_", "DIB_")) or k in plan_env}
 
 
-def _sourced(elements, plan_env: dict) -> dict:
+def _sourced(elements, plan_env: dict, strict: bool = True) -> dict:
     """The environment after sourcing the elements' environment.d files, in
-    name order across elements."""
+    name order across elements. Not strict: each file is read leniently
+    (one that needs a variable only a build has is passed over)."""
     files = []
     for element in elements:
-        folder = element.path / "environment.d"
+        folder = Path(element.path) / "environment.d"
         if folder.is_dir():
             files += sorted(folder.iterdir(), key=lambda p: p.name)
     files.sort(key=lambda p: p.name)
-    script = "set -eu\n" + "".join(f"source {shlex.quote(str(f))}\n" for f in files) + \
-        "env -0\n"
+    if strict:
+        script = "set -eu\n" + "".join(f"source {shlex.quote(str(f))}\n" for f in files)
+    else:
+        script = "".join(f"source {shlex.quote(str(f))} >/dev/null 2>&1\n" for f in files)
+    script += "env -0\n"
     proc = subprocess.run(["bash", "-c", script], env={**_clean_env(), **plan_env},
                           capture_output=True)
     if proc.returncode != 0:
@@ -243,20 +247,14 @@ def _os_vars(env: dict, os_element) -> dict:
     names = ("DISTRO_NAME", "DIB_RELEASE")
     if "DISTRO_NAME" not in env and os_element is not None:
         # the OS element with what it depends on (ubuntu-minimal has its
-        # DISTRO_NAME from ubuntu-common); other elements' environment.d may
-        # need variables only a build has, so each is read leniently
+        # DISTRO_NAME from ubuntu-common), read leniently: other elements'
+        # environment.d may need variables only a build has
         try:
             found = dib_deps.get_elements([os_element.name], str(os_element.path.parent))
         except Exception:  # noqa: BLE001 - DIB raises plain Exceptions
             found = [(os_element.name, os_element.path)]
-        files = sorted((f for _name, path in found
-                        for f in (Path(path) / "environment.d").glob("*")),
-                       key=lambda f: f.name)
-        script = "".join(f"source {shlex.quote(str(f))} >/dev/null 2>&1\n" for f in files) + \
-            "".join(f'printf "%s\\0" "${{{n}:-}}"\n' for n in names)
-        proc = subprocess.run(["bash", "-c", script], env={**_clean_env(), **env},
-                              capture_output=True, text=True)
-        env = {**env, **{n: v for n, v in zip(names, proc.stdout.split("\0")) if v}}
+        chain = [dataclasses.replace(os_element, path=Path(path)) for _name, path in found]
+        env = _sourced(chain, env, strict=False)
     return {k: env[k] for k in names if k in env}
 
 
