@@ -545,6 +545,35 @@ def boot(image, open_ssh, profile_ref, certs_dir, volume, sets, extra_paths):
             time.sleep(1)
 
 
+@main.command("inspect")
+@click.argument("image", type=click.Path())
+@click.option("--sizes", "show_sizes", is_flag=True,
+              help="Print the size report: image, file system, kernel, agent venv, "
+                   "preloaded images, biggest packages.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (with --sizes: the manifest's sizes section, in bytes).")
+def inspect_image(image, show_sizes, as_json):
+    """Show what IMAGE's manifest (IMAGE.manifest.json) says: a summary, or
+    with --sizes what takes the room in the image.
+
+    \b
+    Examples:
+      trove-image-builder inspect out/prod-mariadb.qcow2
+      trove-image-builder inspect out/prod-mariadb.qcow2 --sizes
+      trove-image-builder inspect out/prod-mariadb.qcow2 --sizes --json
+    """
+    from .build import report
+    manifest = report.load(Path(image))
+    if show_sizes:
+        sizes = report.sizes_of(Path(image), manifest)
+        lines = [json.dumps(sizes, indent=2)] if as_json else \
+            report.sizes_lines(manifest, sizes)
+    else:
+        lines = [json.dumps(report.summary(manifest), indent=2)] if as_json else \
+            report.summary_lines(manifest)
+    click.echo("\n".join(lines))
+
+
 # --------------------------------------------------------------------------
 # dev: the developer loop (trove_image_builder/vm/dev/)
 

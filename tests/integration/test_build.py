@@ -80,6 +80,39 @@ def test_image_file_system_holds_agent_and_unit(prod_mariadb):
     assert before == after, "mounting must not change the image"
 
 
+def test_manifest_sizes_match_the_image(prod_mariadb):
+    sizes = prod_mariadb.manifest["sizes"]
+    assert sizes["image_bytes"] == prod_mariadb.path.stat().st_size
+    fs = sizes["filesystem"]
+    venv = sizes["agent_venv"]
+    assert venv["path"] == "/opt/guest-agent-venv"
+    assert 50 * 2 ** 20 < venv["total_bytes"] < fs["files_bytes"] <= fs["size_bytes"]
+    assert "trove" in [e["name"] for e in venv["top"]]
+    packages = sizes["packages"]
+    assert packages["count"] == len(prod_mariadb.manifest["packages"])
+    assert packages["total_bytes"] > 0
+    assert "docker.io" in [p["name"] for p in packages["top"]]
+    assert sizes["kernel"]["total_bytes"] > 0
+    assert any(f["name"].startswith("boot/vmlinuz-") for f in sizes["kernel"]["files"])
+    images = sizes["preloaded_images"]
+    assert images["total_bytes"] == sum(f["bytes"] for f in images["files"])
+    archives = [f for f in images["files"] if f["name"].endswith(".tar")]
+    assert len(archives) == len(prod_mariadb.manifest["datastore"]["images"])
+    preloaded = prod_mariadb.manifest["datastore"]["images"]
+    for used, size in zip(sorted(a["bytes"] for a in archives),
+                          sorted(i["size_bytes"] for i in preloaded)):
+        assert size <= used < size + 2 ** 20        # in whole blocks
+    with imagefs.mounted(prod_mariadb.path) as root:
+        # the walk counts as du does
+        du = subprocess.run(["du", "-sxB1", str(root / "opt/guest-agent-venv")],
+                            capture_output=True, text=True, check=True).stdout
+        assert int(du.split()[0]) == venv["total_bytes"]
+    proc = cli("inspect", str(prod_mariadb.path), "--sizes")
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^  docker\.io +[\d,.]+ MiB$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^agent venv +[\d,.]+ MiB  /opt/guest-agent-venv", proc.stdout, re.M)
+
+
 def _no_leftovers(folder: Path):
     assert loops_backed_by(folder) == []
     mounts = Path("/proc/self/mountinfo").read_text()

@@ -3,12 +3,11 @@ from pathlib import Path
 import re
 
 
-def dpkg_packages(root: Path) -> dict[str, str]:
-    """Installed Debian packages and their versions (from dpkg's status)."""
+def dpkg_installed(root: Path):
+    """The fields of each installed package's stanza in dpkg's status."""
     status = root / "var/lib/dpkg/status"
     if not status.is_file():
-        return {}
-    packages = {}
+        return
     for stanza in status.read_text(errors="replace").split("\n\n"):
         fields = {}
         for line in stanza.splitlines():
@@ -16,8 +15,25 @@ def dpkg_packages(root: Path) -> dict[str, str]:
                 key, _, value = line.partition(":")
                 fields[key] = value.strip()
         if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
-            packages[fields["Package"]] = fields.get("Version", "")
+            yield fields
+
+
+def dpkg_packages(root: Path) -> dict[str, str]:
+    """Installed Debian packages and their versions (from dpkg's status)."""
+    packages = {f["Package"]: f.get("Version", "") for f in dpkg_installed(root)}
     return dict(sorted(packages.items()))
+
+
+def dpkg_installed_sizes(root: Path) -> dict[str, int]:
+    """Installed Debian packages and their Installed-Size in bytes (dpkg
+    records KiB; a package without the field counts 0; a package installed
+    for two architectures counts both)."""
+    sizes: dict[str, int] = {}
+    for fields in dpkg_installed(root):
+        kib = fields.get("Installed-Size", "")
+        size = int(kib) * 1024 if kib.isdigit() else 0
+        sizes[fields["Package"]] = sizes.get(fields["Package"], 0) + size
+    return dict(sorted(sizes.items()))
 
 
 def os_release(root: Path) -> dict[str, str]:

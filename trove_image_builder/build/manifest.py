@@ -10,6 +10,7 @@ from ..plumbing import imagefs
 from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
                        venv_packages)
 from .plan import BuildPlan
+from .sizes import image_sizes
 
 ENGINE_PACKAGE = "docker.io"
 
@@ -57,6 +58,7 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
         listing = root / paths.images.lstrip("/") / "images.list"
         listed = listing.read_text().splitlines() if listing.is_file() else []
         entry = (root / paths.agent_venv.lstrip("/") / "bin/trove-guestagent").exists()
+        sizes = image_sizes(root, paths, image.stat().st_size)
     contents = {
         "os": {"distro": prof.os.distro, "release": prof.release,
                "os_release": {k: release.get(k) for k in
@@ -72,6 +74,8 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
         "certificates": {"hook": "trove-certs.service" in units,
                          "volume": prof.certificates.volume if prof.cert_hook else None,
                          "user_hook": bool(prof.certificates.user_hook)},
+        # what takes the room, in bytes (build/sizes.py; `inspect --sizes`)
+        "sizes": sizes,
     }
     in_image = {(fields[0], fields[2]) for fields in (ln.split() for ln in listed)
                 if len(fields) == 3}
