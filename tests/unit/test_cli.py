@@ -312,7 +312,7 @@ def test_unknown_key(tmp_path, monkeypatch, command, cache):
     args = [*command, "a.yaml"] + (["--dry-run"] if command == ("build",) else [])
     assert_error(run(*args),
                  "a.yaml: os.flavour: unknown key; allowed: distro, release, "
-                 "mirror, security_mirror")
+                 "mirror, security_mirror, kernel")
 
 
 def test_set_without_equals():

@@ -307,7 +307,7 @@ def test_unknown_top_level_key(write):
 def test_unknown_nested_key(write):
     path = write("a.yaml", MINIMAL + "os:\n  foo: 1\n")
     assert error_of(path) == (
-        "a.yaml: os.foo: unknown key; allowed: distro, release, mirror, security_mirror")
+        "a.yaml: os.foo: unknown key; allowed: distro, release, mirror, security_mirror, kernel")
 
 
 def test_unknown_key_is_reported_against_the_file_that_has_it(write):

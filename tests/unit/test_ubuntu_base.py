@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.cli import assert_error, invoke as run
 from tests.helpers.fake_backend import fake_backend
-from trove_image_builder import profile as profiles
+from trove_image_builder import elements, profile as profiles
 from trove_image_builder.build import plan as plan_mod, stage, ubuntu_keyring
 from trove_image_builder.build.plan import check_inputs, make_plan
 from trove_image_builder.errors import BuildError, InputError
@@ -48,7 +48,10 @@ def test_base_ubuntu_renders_to_noble_from_the_ubuntu_archive():
     assert p.os.security_mirror is None
     assert p.guest_user == "ubuntu"
     assert p.guest_agent.install == "none" and p.datastore is None
-    assert p.env["DIB_UBUNTU_KERNEL"] == "linux-image-virtual"
+    # os.kernel: cloud, the cloud images' kernel (no linux-firmware)
+    assert p.os.kernel == "cloud"
+    assert make_plan(p, None, elements.discover()).env["DIB_UBUNTU_KERNEL"] == \
+        "linux-image-virtual"
 
 
 def test_base_ubuntu_with_another_mirror():

@@ -31,8 +31,8 @@ from trove_image_builder.build.backends.virt_customize_plan import (
 from trove_image_builder.cli import main
 from trove_image_builder.errors import BuildError, HostError, InputError
 
-SHIPPED = ("trove-guest", "guest-agent", "container-engine", "mariadb", "postgresql",
-           "dev-access")
+SHIPPED = ("guest-kernel", "trove-guest", "guest-agent", "container-engine", "mariadb",
+           "postgresql", "dev-access")
 BUILD_RESOLV = b"nameserver 10.0.2.3\nnameserver 169.254.2.3\n"
 STUB_RESOLV = "../run/systemd/resolve/stub-resolv.conf"
 
@@ -295,8 +295,8 @@ SCRIPT = "#!/bin/bash\nset -eu\necho {}\n"
 def test_resolve_prod_mariadb(plan_of, known):
     plan = plan_of("prod-mariadb")
     own, dib = resolve(plan.elements, plan.elements_path, known)
-    assert names(own) == ["trove-guest", "container-engine", "mariadb", "guest-agent",
-                          "trove-certs"]
+    assert names(own) == ["guest-kernel", "trove-guest", "container-engine", "mariadb",
+                          "guest-agent", "trove-certs"]
     assert {e.origin for e in own} == {"shipped"}
     assert set(names(dib)) == {"debian-minimal", "vm", "block-device-mbr", "openssh-server",
                                "package-installs", "sysprep", "install-static"}
@@ -337,10 +337,10 @@ def test_resolve_puts_dependencies_first(known, user_elements):
     user_elements("tib-child", {"element-deps": "tib-parent\nsysprep\n"})
     found = elements.discover([user_elements.root])
     own, dib = resolve(("debian-minimal", "tib-child"), user_path(user_elements), found)
-    assert names(own) == ["trove-guest", "tib-parent", "tib-child"]
-    assert [e.origin for e in own] == ["shipped", "user", "user"]
+    assert names(own) == ["guest-kernel", "trove-guest", "tib-parent", "tib-child"]
+    assert [e.origin for e in own] == ["shipped", "shipped", "user", "user"]
     # an element's dependencies in name order: sysprep before tib-parent
-    assert names(dib) == ["debian-minimal", "sysprep", "openssh-server", "package-installs"]
+    assert names(dib) == ["debian-minimal", "sysprep", "package-installs", "openssh-server"]
 
 
 def test_resolve_survives_a_dependency_cycle(user_elements):
@@ -503,14 +503,14 @@ def test_cli_dry_run_lists_elements_and_phase_scripts(user_elements, cli_profile
     assert base.parent == cache / "base" and re.fullmatch(r"[0-9a-f]{16}\.qcow2", base.name)
     assert said["base image elements"].split()[:3] == ["debian-minimal", "vm",
                                                        "block-device-mbr"]
-    assert said["elements"] == "trove-guest tib-extra"
+    assert said["elements"] == "guest-kernel trove-guest tib-extra"
     assert said["extra-data.d (on the host)"] == "-"
-    assert said["pre-install.d (in the guest)"] == "-"
-    assert said["install.d (in the guest)"] == "50-trove-guest-user 55-extra"
+    assert said["pre-install.d (in the guest)"] == "05-trove-guest-dpkg-excludes"
+    assert said["install.d (in the guest)"] == "50-trove-guest-user 55-extra 80-guest-kernel"
     assert {"cloud-init", "sudo", "extra-dev"} <= set(
         said[f"install.d installs (at {install})"].split())
     assert said[f"install.d removes (at {remove})"] == "extra-dev"
-    assert said["finalise.d (in the guest)"] == "90-trove-guest-generalise"
+    assert said["finalise.d (in the guest)"] == "85-trove-guest-slim 90-trove-guest-generalise"
     assert said["then"] == "generalise, flatten into qcow2 (compression zstd)"
     # a dry run builds nothing and makes no folders
     assert not cache.exists()
@@ -541,7 +541,7 @@ def test_phase_scripts_of_the_shipped_elements(own_of):
     _plan, own, _env = own_of("prod-mariadb")
     assert [n for n, _ in phase_scripts(own, "install.d")] == [
         "50-trove-guest-user", "60-guest-agent", "65-container-engine-access",
-        "66-container-images", "70-mariadb", "70-trove-certs"]
+        "66-container-images", "70-mariadb", "70-trove-certs", "80-guest-kernel"]
     assert [n for n, _ in phase_scripts(own, "extra-data.d")] == [
         "50-guest-agent-inputs", "50-trove-certs-user-hook", "60-container-images"]
 
@@ -808,11 +808,15 @@ def test_base_plan_elements(plan_of, known):
     base, key = base_of(plan_of("prod-mariadb"), known)
     assert base.elements[:3] == ("debian-minimal", "vm", "block-device-mbr")
     assert {"openssh-server", "sysprep", "package-installs"} <= set(base.elements)
-    assert not set(base.elements) & set(SHIPPED)
+    # of the shipped elements only the kernel's: DIB's bootloader must see
+    # the profile's kernel
+    assert set(base.elements) & set(SHIPPED) == {"guest-kernel"}
     assert len(set(base.elements)) == len(base.elements)
     assert base.packages == ()
-    assert base.env and all(k.startswith("DIB_") for k in base.env)
+    assert base.env and all(k.startswith("DIB_") for k in base.env
+                            if k != "TROVE_GUEST_KERNEL")
     assert base.env["DIB_RELEASE"] == "trixie"
+    assert base.env["TROVE_GUEST_KERNEL"] == "linux-image-cloud-amd64"
     assert re.fullmatch(r"[0-9a-f]{16}", key)
     # DIB can build it: its elements, on the same element path
     argv, _env = DibBackend().command(base, Path("/w"), Path("/c"))
@@ -830,7 +834,8 @@ def test_base_key_is_stable_and_shared_by_datastores(plan_of, known):
     lambda plan_of: plan_of("prod-mariadb", ["debian_mirror=http://mirror.example/debian"]),
     lambda plan_of: dataclasses.replace(plan_of("prod-mariadb"), env={
         **plan_of("prod-mariadb").env, "DIB_DEBIAN_COMPONENTS": "main,contrib"}),
-], ids=["image-size", "mirror", "dib-variable"])
+    lambda plan_of: plan_of("prod-mariadb", ["os.kernel=generic"]),
+], ids=["image-size", "mirror", "dib-variable", "kernel"])
 def test_base_key_changes_with_what_makes_the_base(plan_of, known, change):
     _base, key = base_of(plan_of("prod-mariadb"), known)
     assert base_of(change(plan_of), known)[1] != key
@@ -936,14 +941,14 @@ def test_apply_prod_mariadb(backend, own_of, tmp_path, logf):
     # mounted before anything is written
     assert ("mount", (FakeGuestFS.ROOT, "/"), {}) in g.calls
     assert g.names().index("mount") < g.names().index("write")
-    # the phases in DIB's order (no pre-install.d here), then generalise
-    assert g.steps() == ["install.d", "post-install.d", "finalise.d", "generalise"]
-    assert f"{IN_TARGET}/run-pre-install.d" not in g.files
+    # the phases in DIB's order, then generalise
+    assert g.steps() == ["pre-install.d", "install.d", "post-install.d", "finalise.d",
+                         "generalise"]
     install = g.guest_script("install.d").splitlines()
     ran = [ln.split("/", 1)[1].rstrip("'") for ln in install if ln.startswith("echo '>> ")]
     assert ran == ["01-package-installs", "50-trove-guest-user", "60-guest-agent",
                    "65-container-engine-access", "66-container-images", "70-mariadb",
-                   "70-trove-certs"]
+                   "70-trove-certs", "80-guest-kernel"]
     packages = next(ln for ln in install if ln.startswith("install-packages "))
     assert install.index(packages) < install.index("echo '>> install.d/50-trove-guest-user'")
     assert not [ln for ln in install if "purge" in ln]       # nothing to remove
@@ -1093,7 +1098,7 @@ def test_failing_phase(own_of, tmp_path, logf):
     assert err.value.message.startswith("post-install.d failed in the guest: ")
     assert "exited with status 100" in err.value.message
     assert err.value.exit_code == 1
-    assert g.steps() == ["install.d", "post-install.d"]         # nothing after the failure
+    assert g.steps() == ["pre-install.d", "install.d", "post-install.d"]  # none after it
     log = (tmp_path / "build.log").read_text()
     assert log.endswith(guest_log)
     assert "[guest] step 1 done\n" in log

@@ -9,7 +9,7 @@ from . import ubuntu_keyring
 from .datastore_image import known
 from ..elements import DatastoreInfo, Element, datastores, search_path
 from ..errors import InputError
-from ..profile import DISTROS, Profile
+from ..profile import DISTROS, KERNELS, Profile
 
 # Set at build time; shown this way by --dry-run.
 DEV_KEY_PLACEHOLDER = "<per-build key, generated at build time>"
@@ -80,11 +80,16 @@ def ubuntu_keyring_path(profile: Profile, apt_keyring: Path | None = None) -> Pa
 
 
 def _os_env(profile: Profile, apt_keyring: Path | None = None) -> dict:
-    env = {"DIB_RELEASE": profile.release}
+    # The kernel the image boots (os.kernel): elements/guest-kernel puts it
+    # in place of the OS element's own on Debian (debian-minimal always
+    # installs linux-image-amd64); ubuntu-minimal installs DIB_UBUNTU_KERNEL.
+    kernel = KERNELS[profile.os.kernel][profile.os.distro]
+    env = {"DIB_RELEASE": profile.release, "TROVE_GUEST_KERNEL": kernel}
     if profile.os.mirror:
         env["DIB_DISTRIBUTION_MIRROR"] = profile.os.mirror
     if profile.os.distro == "ubuntu":
         env.update(UBUNTU_ENV)
+        env["DIB_UBUNTU_KERNEL"] = kernel
         keyring = f"--keyring={shlex.quote(str(ubuntu_keyring_path(profile, apt_keyring)))}"
         env.update({name: keyring for name in KEYRING_ARGS})
     elif profile.os.security_mirror:

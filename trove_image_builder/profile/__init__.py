@@ -26,12 +26,12 @@ from pathlib import Path
 from .. import shipped_dir
 from . import loader, settings
 from .loader import SET, deep_merge
-from .schema import (DISTROS, FIRST_CONTAINER_AGENT, TOP_FIELDS, CertificatesSpec,
+from .schema import (DISTROS, FIRST_CONTAINER_AGENT, KERNELS, TOP_FIELDS, CertificatesSpec,
                      ContainerImage, DatastoreSpec, Distro, GuestAgentSpec, ImageSpec, OsSpec,
                      Profile, backend_names, describe_settings, validate)
 
 __all__ = [
-    "DISTROS", "FIRST_CONTAINER_AGENT", "SET", "TOP_FIELDS", "CertificatesSpec",
+    "DISTROS", "FIRST_CONTAINER_AGENT", "KERNELS", "SET", "TOP_FIELDS", "CertificatesSpec",
     "ContainerImage", "DatastoreSpec", "Distro", "GuestAgentSpec", "ImageSpec", "OsSpec",
     "Profile", "available", "backend_names", "deep_merge", "describe_settings", "from_dict",
     "load", "locate", "matrix", "matrix_entry", "parse_sets", "profiles_dir",

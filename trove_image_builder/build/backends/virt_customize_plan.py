@@ -280,11 +280,19 @@ def _pkg_map(map_file: Path, packages: list, distro: dict) -> list:
     return [ln[1:] for ln in proc.stdout.splitlines() if ln.startswith("-")]
 
 
+KERNEL_ELEMENT, KERNEL_ENV = "guest-kernel", "TROVE_GUEST_KERNEL"
+
+
 def base_plan(plan: BuildPlan, dib_elements) -> tuple[BuildPlan, str]:
     """The OS base as a DIB plan, and the cache key of what makes it."""
     names = [plan.elements[0], "vm", "block-device-mbr"] + \
         [e.name for e in dib_elements if e.name not in BASE_ONLY and e.name != plan.elements[0]]
     env = {k: v for k, v in plan.env.items() if k.startswith("DIB_")}
+    if plan.env.get(KERNEL_ENV):
+        # the profile's kernel, in place before DIB's bootloader sets up the
+        # boot (the appliance cannot redo that: elements/guest-kernel)
+        names.append(KERNEL_ELEMENT)
+        env[KERNEL_ENV] = plan.env[KERNEL_ENV]
     prof = plan.profile
     key = hashlib.sha256(json.dumps({
         "elements": names, "env": env, "size": prof.image.size, "arch": plan.arch,

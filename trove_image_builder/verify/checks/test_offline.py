@@ -176,6 +176,46 @@ def test_network_stack(host, expect):
         "cloud-init has no network stack to configure"
 
 
+# What every guest's kernel must bring (as modules or built in): the
+# instance's disks and network (virtio), its root file system, the config
+# drive Nova attaches (iso9660).
+KERNEL_MODULES = ("virtio_blk", "virtio_net", "ext4", "isofs")
+# What Docker's default networking needs (a bridge, veth pairs, NAT through
+# iptables' nf_tables backend) and its storage driver (overlay): Trove's
+# agent runs the datastore container in Docker's bridge mode unless the
+# instance has network isolation (trove/guestagent/datastore/mysql_common/
+# service.py and postgres/service.py start_db: constants.DOCKER_BRIDGE_MODE).
+CONTAINER_KERNEL_MODULES = ("bridge", "veth", "overlay", "br_netfilter", "nf_conntrack",
+                            "nf_nat", "nf_tables", "nft_compat", "nft_chain_nat",
+                            "xt_MASQUERADE", "xt_addrtype", "xt_conntrack")
+
+
+def _kernel_modules(host, version: str) -> set:
+    """Every module of the kernel, loadable (modules.dep) or built in, by
+    its name (foo-bar.ko.xz -> foo_bar)."""
+    found = set()
+    for listing in ("modules.dep", "modules.builtin"):
+        text = host.file(f"/usr/lib/modules/{version}/{listing}").content_string
+        for line in text.splitlines():
+            path = line.split(":", 1)[0].strip()
+            if path:
+                found.add(path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_"))
+    return found
+
+
+def test_one_kernel_with_what_a_guest_needs(host, expect):
+    versions = host.check_output("ls -1 /usr/lib/modules").split()
+    images = host.check_output("ls -1 /boot").split()
+    booted = sorted(name for name in images if name.startswith("vmlinuz-"))
+    assert len(versions) == 1 and len(booted) == 1, \
+        f"one kernel expected: modules for {versions}, {booted} in /boot"
+    have = _kernel_modules(host, versions[0])
+    wanted = KERNEL_MODULES + (CONTAINER_KERNEL_MODULES
+                               if expect.datastore_runtime == "container" else ())
+    missing = [name for name in wanted if name not in have]
+    assert not missing, f"kernel {versions[0]} lacks {', '.join(missing)}"
+
+
 def test_no_private_keys(host, expect):
     if not expect.production:
         pytest.skip("development image")
