@@ -280,13 +280,16 @@ def wait_until_up(guest: Guest, timeout: float = BOOT_TIMEOUT) -> None:
 @contextlib.contextmanager
 def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
            timeout: float = BOOT_TIMEOUT, keep_workdir: bool = False,
-           volume: Path | None = None, host_forwards=(), memory_mb: int = GUEST_MEMORY_MB):
+           volume: Path | None = None, host_forwards=(), memory_mb: int = GUEST_MEMORY_MB,
+           on_power_on=None):
     """Boot image on an overlay; yield a Guest once ssh answers.
 
     volume: a raw file to attach as /dev/vdb instead of a fresh blank one,
     as the same Cinder volume is attached again after a Nova rebuild.
     host_forwards: guest ports to reach from 127.0.0.1, each on a free port
-    (Guest.forwarded says which)."""
+    (Guest.forwarded says which).
+    on_power_on: called with the Guest as soon as qemu has started (before
+    ssh answers), to time what happens from power-on (scripts/benchmark.py)."""
     check_tools(guest_forwards)
     accel = host.accelerator()
     work = Path(tempfile.mkdtemp(prefix="tib-boot-"))
@@ -295,6 +298,8 @@ def booted(image: Path, user: str, files: dict | None = None, guest_forwards=(),
         guest, argv = prepare_machine(work, image, user, files, guest_forwards, volume,
                                       host_forwards, memory_mb, accel)
         proc = start_qemu(guest, argv)
+        if on_power_on is not None:
+            on_power_on(guest)
         wait_until_up(guest, timeout)
         yield guest
     finally:
