@@ -362,3 +362,22 @@ def test_check_inputs_refuses_a_missing_user_hook(plan_of, write, tmp_path):
     assert info.value.message == (
         f"{plan.profile.source}: certificates.user_hook: {tmp_path / 'nowhere.sh'} is not "
         "a file; give the path of your script, relative to the profile")
+
+
+def test_production_release_agent_is_pruned(plan_of):
+    assert plan_of("prod-mariadb").env["TROVE_GUEST_AGENT_PRUNE"] == "1"
+
+
+def test_development_agent_keeps_its_pip(plan_of, trove_checkout):
+    # the developer loop (vm/dev/sync.py) runs the guest venv's pip
+    plan = plan_of("dev-mariadb", [f"trove_source={trove_checkout}"])
+    assert "TROVE_GUEST_AGENT_PRUNE" not in plan.env
+
+
+def test_agentless_image_is_not_pruned(plan_of):
+    assert "TROVE_GUEST_AGENT_PRUNE" not in plan_of("base-debian").env
+
+
+def test_a_profile_env_may_turn_pruning_off(plan_of):
+    plan = plan_of("prod-mariadb", ["env.TROVE_GUEST_AGENT_PRUNE=0"])
+    assert plan.env["TROVE_GUEST_AGENT_PRUNE"] == "0"

@@ -25,6 +25,7 @@ import subprocess
 
 import yaml
 
+from .cache import cache_dir
 from ..errors import BuildError, InputError
 from ..plumbing import imagefs, log
 from ..plumbing.runner import replay_line
@@ -32,6 +33,14 @@ from ..plumbing.runner import replay_line
 PHASES_IN_TARGET = ("pre-install.d", "install.d", "post-install.d", "finalise.d")
 MERGED = ("environment.d", "extra-data.d", *PHASES_IN_TARGET, "static")
 GENERALISE = "trove-guest/finalise.d/90-trove-guest-generalise"
+# The host's pip cache, bound here for a layer that installs the guest agent
+# (elements/guest-agent/install.d/60-guest-agent uses it when mounted) and
+# unmounted and removed before the image is closed.
+PIP_CACHE_IN_TARGET = "tmp/pip-cache"
+
+
+def pip_cache_dir() -> Path:
+    return cache_dir() / "pip"
 
 
 def merge_hooks(folders: dict[str, Path], dest: Path) -> None:
@@ -207,10 +216,12 @@ def apply(image: Path, layer_name: str, folders: dict[str, Path],
             full_env["TARGET_ROOT"] = str(root)
             _run_logged(["bash", workdir / f"extra-data-{layer_name}"], full_env, logf,
                         f"layer {layer_name}: extra-data.d")
-            _in_chroot(root, hooks, full_env, logf, layer_name)
+            _in_chroot(root, hooks, full_env, logf, layer_name,
+                       pip_cache="guest-agent" in folders)
 
 
-def _in_chroot(root: Path, hooks: Path, env: dict, logf, layer_name: str) -> None:
+def _in_chroot(root: Path, hooks: Path, env: dict, logf, layer_name: str,
+               pip_cache: bool = False) -> None:
     undo: list[Path] = []
     resolv = root / "etc/resolv.conf"
     saved = root / "etc/.resolv.conf.layer-saved"
@@ -228,6 +239,9 @@ def _in_chroot(root: Path, hooks: Path, env: dict, logf, layer_name: str) -> Non
         _mount(["-t", "sysfs", "sysfs"], root / "sys", undo)
         _mount(["--bind", "/dev"], root / "dev", undo)
         _mount(["--bind", "/dev/pts"], root / "dev/pts", undo)
+        if pip_cache:
+            pip_cache_dir().mkdir(parents=True, exist_ok=True)
+            _mount(["--bind", str(pip_cache_dir())], root / PIP_CACHE_IN_TARGET, undo)
         shutil.rmtree(target_hooks, ignore_errors=True)
         shutil.copytree(hooks, target_hooks, symlinks=True)
         chroot_env = {k: v for k, v in env.items()
@@ -241,6 +255,12 @@ def _in_chroot(root: Path, hooks: Path, env: dict, logf, layer_name: str) -> Non
         for target in reversed(undo):
             if subprocess.run(["umount", str(target)], capture_output=True).returncode:
                 subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        if pip_cache:
+            # only an empty mount point: never the cache's files
+            try:
+                (root / PIP_CACHE_IN_TARGET).rmdir()
+            except OSError:
+                pass
         shutil.rmtree(target_hooks, ignore_errors=True)
         if not had_policy:
             policy.unlink(missing_ok=True)

@@ -147,6 +147,9 @@ def make_plan(profile: Profile, output: Path | None, known: dict[str, Element],
         elements.append("guest-agent")
         if ga.install == "release":
             env["TROVE_GUEST_AGENT_VERSION"] = ga.version
+            if profile.variant == "production":
+                # only what the agent can load stays in its venv
+                env["TROVE_GUEST_AGENT_PRUNE"] = "1"
         else:
             source = Path(ga.path).expanduser().resolve()
             env["TROVE_GUEST_AGENT_SOURCE"] = str(source)

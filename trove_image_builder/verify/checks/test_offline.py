@@ -107,6 +107,64 @@ def test_guest_agent_virtualenv(host, expect):
             f"guest agent is {cmd.stdout.strip()}, expected {expect.agent_version}"
 
 
+# Run in the image with the agent's python: every module the agent can load
+# imports (trove/cmd/guest.py, every module of trove.guestagent, whose
+# managers it loads by name, oslo.messaging's rabbit driver); prints one
+# "module: error" line for each that does not. One failure is the read-only
+# image's, not the venv's, pruned or not: trove/cmd/network_driver.py writes
+# /etc/docker/hostnic.json when imported, after all its imports.
+AGENT_IMPORTS = """
+import errno, importlib, pkgutil, sys
+names = ["trove.cmd.guest", "trove.cmd.network_driver", "trove.guestagent",
+         "oslo_messaging._drivers.impl_rabbit", "kombu.transport.pyamqp"]
+import trove.guestagent
+names += [m.name for m in pkgutil.walk_packages(trove.guestagent.__path__,
+                                                 "trove.guestagent.")]
+for name in names:
+    try:
+        importlib.import_module(name)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            print(f"{name}: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        print(f"{name}: {type(exc).__name__}: {exc}")
+"""
+# Run in the image: the .py files of the agent's venv without bytecode.
+NO_BYTECODE = """
+import importlib.util, pathlib, sysconfig
+site = pathlib.Path(sysconfig.get_paths()["purelib"])
+for path in site.rglob("*.py"):
+    if not pathlib.Path(importlib.util.cache_from_source(str(path))).exists():
+        print(path)
+"""
+
+
+def test_guest_agent_imports(host, expect):
+    """A pruned venv (production images) still holds all the agent loads."""
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    cmd = host.run(f"cd / && {expect.paths.agent_venv}/bin/python -c '{AGENT_IMPORTS}'")
+    assert cmd.rc == 0, f"the import check did not run: {cmd.stderr.strip()[-300:]}"
+    failed = cmd.stdout.strip().splitlines()
+    assert not failed, f"{len(failed)} agent modules do not import: " + "; ".join(failed[:20])
+
+
+def test_guest_agent_bytecode(host, expect):
+    """The agent runs as the guest user and cannot write __pycache__ in the
+    root-owned venv: every module has its bytecode from the build."""
+    if expect.agent_install == "none":
+        pytest.skip("agentless image")
+    cmd = host.run(f"{expect.paths.agent_venv}/bin/python -c '{NO_BYTECODE}'")
+    assert cmd.rc == 0, f"the bytecode check did not run: {cmd.stderr.strip()[-300:]}"
+    missing = cmd.stdout.split()
+    assert not missing, f"{len(missing)} modules of the agent's venv without bytecode: " \
+        f"{missing[:10]}"
+    # the build's pip cache was mounted there, never copied; the pruning
+    # program is a build tool
+    for path in ("/tmp/pip-cache", "/usr/local/lib/guest-agent-build"):
+        assert not host.file(path).exists, f"the build left {path} in the image"
+
+
 def test_guest_agent_unit(host, expect):
     AGENT_UNIT, AGENT_VENV = expect.paths.agent_unit, expect.paths.agent_venv
     unit = host.file(f"/etc/systemd/system/{AGENT_UNIT}")
