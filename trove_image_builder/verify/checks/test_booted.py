@@ -80,7 +80,7 @@ DOCKER_IMAGES = {"mysql": "mysql", "mariadb": "mariadb", "postgresql": "postgres
 
 
 def test_datastore_image_check_ran(host, expect):
-    """trove-datastore-image ran before the agent, and its one line names the
+    """trove-datastore-image ran (alongside the agent), and its one line names the
     tag the agent will run (contract.injected: the manager's default image,
     the datastore version) as present, or, with nothing preloaded, as missing."""
     if expect.datastore_runtime != "container" or expect.agent_install == "none":
