@@ -2,8 +2,8 @@
 summary, and the size report of its ``sizes`` section (build/sizes.py)."""
 from pathlib import Path
 
-from ..contract.expectations import manifest_path, read_manifest
-from ..errors import InputError, TroveImageBuilderError
+from ..contract.expectations import manifest_path, require_manifest
+from ..errors import TroveImageBuilderError
 
 
 class NoSizesError(TroveImageBuilderError):
@@ -12,13 +12,7 @@ class NoSizesError(TroveImageBuilderError):
 
 def load(image: Path) -> dict:
     """The manifest next to image (IMAGE.manifest.json)."""
-    image = Path(image)
-    if not image.is_file():
-        raise InputError(f"{image}: no such image file")
-    manifest = read_manifest(image)
-    if manifest is None:
-        raise InputError(f"{image}: no manifest ({manifest_path(image).name}) next to it")
-    return manifest
+    return require_manifest(image)
 
 
 def sizes_of(image: Path, manifest: dict) -> dict:

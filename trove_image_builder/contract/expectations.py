@@ -141,13 +141,20 @@ def _from_schema_1(image: Path, manifest: dict, where: str) -> Expectations:
         cert_volume=certs.get("volume"), dev_public_key=dev_key, image=str(image))
 
 
-def load(image: Path) -> Expectations:
-    """Expectations for image, from the manifest beside it."""
+def require_manifest(image: Path, hint: str = "") -> dict:
+    """The manifest beside image; InputError (with hint appended) when the
+    image or its manifest is missing."""
     image = Path(image)
     if not image.is_file():
         raise InputError(f"{image}: no such image file")
     manifest = read_manifest(image)
     if manifest is None:
-        raise InputError(f"{image}: no manifest ({manifest_path(image).name}) next to it; "
-                         "name the profile it was built from with --profile")
-    return from_manifest(image, manifest)
+        raise InputError(f"{image}: no manifest ({manifest_path(image).name}) next to it"
+                         + (f"; {hint}" if hint else ""))
+    return manifest
+
+
+def load(image: Path) -> Expectations:
+    """Expectations for image, from the manifest beside it."""
+    manifest = require_manifest(image, "name the profile it was built from with --profile")
+    return from_manifest(Path(image), manifest)
