@@ -165,6 +165,21 @@ def test_guest_agent_bytecode(host, expect):
         assert not host.file(path).exists, f"the build left {path} in the image"
 
 
+def test_production_agent_venv_is_pruned(host, expect):
+    """Production images with a released agent: no pip (nothing installs
+    into the venv there), and every distribution's metadata still there."""
+    if not expect.production or expect.agent_install != "release":
+        pytest.skip("only a production image's released agent is pruned")
+    venv = expect.paths.agent_venv
+    assert not host.file(f"{venv}/bin/pip").exists, f"{venv}/bin/pip in a production image"
+    cmd = host.run(f"{venv}/bin/python -c 'import importlib.util as u; "
+                   "print(u.find_spec(\"pip\") is None)'")
+    assert cmd.stdout.strip() == "True", f"pip is importable in {venv}: {cmd.stderr[-300:]}"
+    cmd = host.run(f"{venv}/bin/python -c 'import importlib.metadata as m; "
+                   "print(m.version(\"pip\"), m.version(\"python-openstackclient\"))'")
+    assert cmd.rc == 0, f"pruned distributions lost their metadata: {cmd.stderr[-300:]}"
+
+
 def test_guest_agent_unit(host, expect):
     AGENT_UNIT, AGENT_VENV = expect.paths.agent_unit, expect.paths.agent_venv
     unit = host.file(f"/etc/systemd/system/{AGENT_UNIT}")
