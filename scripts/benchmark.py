@@ -15,9 +15,14 @@ Build (the default), with a cache of its own:
                   the plan, and a DIB cache folder of its own, empty
   plain-dib-warm  the same again, with the cache folder the cold run left
                   (DIB "run once before")
+  plain-dib-defaults  the same elements on that warm cache with DIB's own
+                  defaults: without the profile's speed settings (the
+                  bootstrap tarball cache, zstd compression: DEFAULTS_OFF)
 
-  targets: refresh/plain-dib-warm <= 0.75, unchanged/cold <= 0.05,
-           agent-only/cold <= 0.30
+  targets: refresh/plain-dib-defaults <= 0.75 (the issue's measure),
+           unchanged/cold <= 0.05, agent-only/cold <= 0.30;
+           refresh/plain-dib-warm is shown (the same comparison against a
+           DIB given the profile's own speed settings)
 
 Boot (--boot IMAGE, repeatable): each image booted under qemu (TCG here)
 on a throwaway overlay, with what Trove injects and a RabbitMQ of our own
@@ -30,6 +35,7 @@ done; then systemd-analyze, its blame and the agent unit's critical chain.
 Prints a table, then one JSON line. Exit code 1 when a target is missed (or
 a booted agent never answered), 2 when something could not be measured."""
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -50,17 +56,21 @@ from trove_image_builder.build.cache import cache_dir
 from trove_image_builder.plumbing.cleanup import release_workdir
 
 # (numerator, denominator): target
-TARGETS = {("refresh", "plain-dib-warm"): 0.75,
+TARGETS = {("refresh", "plain-dib-defaults"): 0.75,
            ("unchanged", "cold"): 0.05,
            ("agent-only", "cold"): 0.30}
 # shown, no target
-INFO_RATIOS = (("cold", "plain-dib-cold"), ("plain-dib-warm", "plain-dib-cold"),
-               ("refresh", "cold"))
+INFO_RATIOS = (("refresh", "plain-dib-warm"), ("cold", "plain-dib-cold"),
+               ("plain-dib-warm", "plain-dib-cold"), ("refresh", "cold"))
 BUILDS = ("cold", "refresh", "unchanged", "agent-only")
-PLAIN = ("plain-dib-cold", "plain-dib-warm")
+PLAIN = ("plain-dib-cold", "plain-dib-warm", "plain-dib-defaults")
+# The profile's settings that speed DIB up beyond its own defaults, off in
+# the plain-dib-defaults run: DIB's debootstrap tarball cache, and the qcow2
+# compression (DIB's default is qemu-img's, zlib).
+DEFAULTS_OFF = ("DIB_DEBOOTSTRAP_CACHE", "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE")
 OUTPUT = {"cold": "cold", "refresh": "refresh", "unchanged": "unchanged",
           "agent-only": "agent", "plain-dib-cold": "plain-dib-cold",
-          "plain-dib-warm": "plain-dib-warm"}
+          "plain-dib-warm": "plain-dib-warm", "plain-dib-defaults": "plain-dib-defaults"}
 AGENT_DEADLINE = 900
 ANALYZE_WAIT = 300
 BLAME_LINES = 15
@@ -223,12 +233,24 @@ def build_steps(cli: list, work: Path, agent_version: str) -> dict:
     return out
 
 
+def plain_plan(plan, name: str):
+    """The plan a plain run builds: ours, or for plain-dib-defaults without
+    the settings in DEFAULTS_OFF and with DIB's default compression."""
+    if name != "plain-dib-defaults":
+        return plan
+    prof = plan.profile
+    return dataclasses.replace(
+        plan, env={k: v for k, v in plan.env.items() if k not in DEFAULTS_OFF},
+        profile=dataclasses.replace(prof, image=dataclasses.replace(
+            prof.image, compression="zlib")))
+
+
 def plain_dib(plan, work: Path, dib_cache: Path, name: str) -> tuple[list, dict, Path]:
     """disk-image-create's argv and environment for one plain run: the plan's
     elements and variables, DIB_IMAGE_CACHE in dib_cache (DibBackend puts it
     at <cache>/dib), a work folder of its own."""
     dib_work = work / name
-    argv, dib_env = DibBackend().command(plan, dib_work, dib_cache)
+    argv, dib_env = DibBackend().command(plain_plan(plan, name), dib_work, dib_cache)
     full = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     full.pop("TROVE_IMAGE_BUILDER_CACHE", None)
     full.update(dib_env)
@@ -259,7 +281,8 @@ def run_build(args) -> int:
         for name in PLAIN:
             _, full, _ = plain_dib(preview, work, dib_cache, name)
             print(f"# {name} (DIB_IMAGE_CACHE={full['DIB_IMAGE_CACHE']})")
-            print(DibBackend().describe(preview, work / name, dib_cache)[-1])
+            print(DibBackend().describe(plain_plan(preview, name), work / name,
+                                        dib_cache)[-1])
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
         return 0
