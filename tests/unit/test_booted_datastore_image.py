@@ -15,12 +15,12 @@ ID = "sha256:" + "cd" * 32
 class Guest:
     """host.run / host.check_output for the check: one answer per command start."""
 
-    def __init__(self, line, state="active", check_at=100, agent_at=200):
+    def __init__(self, line, state="active", check_at=200, preload_at=100):
         self.answers = {
             "systemctl is-active trove-datastore-image": state,
             "sudo journalctl -b -u trove-datastore-image": f"{line}\n",
             "systemctl show trove-datastore-image": str(check_at),
-            "systemctl show guest-agent.service": str(agent_at)}
+            "systemctl show trove-preload-images": str(preload_at)}
 
     def run(self, command):
         for start, out in self.answers.items():
@@ -44,8 +44,13 @@ def present(ref="mariadb:11.8"):
             f"'{ref.split(':')[1]}' from guest_info.conf)")
 
 
-def test_the_tag_present_before_the_agent_passes(expect):
+def test_the_tag_present_after_the_preload_passes(expect):
     checks.test_datastore_image_check_ran(Guest(present()), expect)
+
+
+def test_nothing_to_preload_passes(expect):
+    # trove-preload-images skipped (no images.list): never active
+    checks.test_datastore_image_check_ran(Guest(present(), preload_at=0), expect)
 
 
 @pytest.mark.parametrize("guest, error", [
@@ -53,7 +58,8 @@ def test_the_tag_present_before_the_agent_passes(expect):
     (Guest(present("mariadb:10.11")), "mariadb:10.11 is present"),
     (Guest("trove-datastore-image: the guest agent will run mariadb:11.8 (...), which this "
            "image does not hold (nothing was preloaded into it); ..."), "does not hold"),
-    (Guest(present(), check_at=300), "did not finish before guest-agent.service"),
+    (Guest(present(), preload_at=300), "told before trove-preload-images finished"),
+    (Guest(present(), check_at=0), "never finished"),
 ])
 def test_failures(expect, guest, error):
     with pytest.raises(AssertionError, match=error.replace("(", r"\(").replace(")", r"\)")):
