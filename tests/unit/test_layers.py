@@ -1,6 +1,7 @@
 """The package's layers, read from its imports (ast, no import run):
 
     cli                        the command line: composes everything below
+    release                    publish, register, SBOM, diff: reads manifests only
     build    |  verify         the two sides: never import each other
     profile, elements          (build side)  |  vm  (qemu, broker; verify side and dev tools)
     contract                   what an image must hold: both sides read it
@@ -18,7 +19,8 @@ ROOT = "trove_image_builder"
 # top-level unit -> the units it may import (besides itself)
 ALLOWED = {
     "cli": {"build", "verify", "profile", "elements", "vm", "contract", "plumbing", "errors",
-            "__init__"},
+            "release", "__init__"},
+    "release": {"contract", "plumbing", "errors", "__init__"},
     "build": {"profile", "elements", "contract", "plumbing", "errors", "__init__"},
     "verify": {"vm", "contract", "plumbing", "errors", "__init__"},
     "profile": {"elements", "plumbing", "errors", "__init__", "build.backends"},

@@ -1,0 +1,38 @@
+"""The manifest of a built image, named by the image or by the manifest."""
+import hashlib
+import json
+from pathlib import Path
+
+from ..contract.expectations import manifest_path, require_manifest
+from ..errors import InputError
+
+SUFFIX = ".manifest.json"
+
+
+def load(path: Path) -> tuple[Path | None, dict]:
+    """(image or None, manifest) for an image file (its IMAGE.manifest.json
+    beside it) or a manifest file itself (its image beside it, if there)."""
+    path = Path(path)
+    if path.name.endswith(SUFFIX) or path.suffix == ".json":
+        if not path.is_file():
+            raise InputError(f"{path}: no such manifest file")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: not a manifest (unreadable JSON: {e})") from None
+        if not isinstance(manifest, dict) or "image" not in manifest:
+            raise InputError(f"{path}: not a manifest written by trove-image-builder "
+                             "(no 'image' section)")
+        image = path.with_name(path.name[:-len(SUFFIX)]) if path.name.endswith(SUFFIX) else None
+        return (image if image is not None and image.is_file() else None), manifest
+    return path, require_manifest(path, "build the image again, or name its manifest")
+
+
+def manifest_digest(image: Path | None, manifest: dict, path: Path | None = None) -> str:
+    """sha256 of the manifest file's bytes, as 'sha256:<hex>'."""
+    where = path if path is not None else manifest_path(image)
+    if where is not None and Path(where).is_file():
+        data = Path(where).read_bytes()
+    else:
+        data = json.dumps(manifest, sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
