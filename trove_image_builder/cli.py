@@ -575,6 +575,16 @@ def inspect_image(image, show_sizes, as_json):
 
 
 # --------------------------------------------------------------------------
+# From image to cloud (trove_image_builder/release/): publish, register, sbom, diff
+
+# -- publish (release/glance.py)
+
+# -- register (release/register.py)
+
+# -- sbom and diff (release/sbom.py, release/diff.py)
+
+
+# --------------------------------------------------------------------------
 # dev: the developer loop (trove_image_builder/vm/dev/)
 
 def _dev_folder(ctx) -> Path:
