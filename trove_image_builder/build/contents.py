@@ -1,5 +1,6 @@
 """Read what is inside an image from its mounted root file system."""
 from pathlib import Path
+import os
 import re
 
 
@@ -67,6 +68,31 @@ def venv_packages(root: Path, venv: str) -> dict[str, str]:
             if name:
                 found[name.lower()] = version or ""
     return dict(sorted(found.items()))
+
+
+def venv_pruned(root: Path, venv: str) -> list[str]:
+    """Distributions in the image's virtualenv whose metadata is there but
+    none of whose other files are: what the production build's pruning
+    (elements/guest-agent/.../prune_venv.py) removed, keeping the metadata.
+    An SBOM must not list them as present."""
+    pruned = set()
+    for site in (root / venv.lstrip("/")).glob("lib/python3*/site-packages"):
+        for info in site.glob("*.dist-info"):
+            record, meta = info / "RECORD", info / "METADATA"
+            if not record.is_file() or not meta.is_file():
+                continue
+            payload = []
+            for line in record.read_text(errors="replace").splitlines():
+                rel = line.rsplit(",", 2)[0] if line.count(",") >= 2 else line
+                path = Path(os.path.normpath(site / rel)) if rel else None
+                if path is not None and info not in path.parents and path != info:
+                    payload.append(path)
+            if payload and not any(p.exists() or p.is_symlink() for p in payload):
+                name = next((ln[6:].strip() for ln in meta.read_text(errors="replace")
+                             .splitlines() if ln.startswith("Name: ")), None)
+                if name:
+                    pruned.add(name.lower())
+    return sorted(pruned)
 
 
 def enabled_units(root: Path) -> list[str]:

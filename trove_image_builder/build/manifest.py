@@ -8,7 +8,7 @@ from ..contract.expectations import Expectations
 from ..errors import BuildError
 from ..plumbing import imagefs
 from .contents import (dpkg_packages, enabled_units, os_release, upstream_version,
-                       venv_packages)
+                       venv_packages, venv_pruned)
 from .plan import BuildPlan
 from .sizes import image_sizes
 
@@ -55,6 +55,7 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
         release = os_release(root)
         units = enabled_units(root)
         agent_pkgs = venv_packages(root, paths.agent_venv)
+        agent_pruned = venv_pruned(root, paths.agent_venv)
         listing = root / paths.images.lstrip("/") / "images.list"
         listed = listing.read_text().splitlines() if listing.is_file() else []
         entry = (root / paths.agent_venv.lstrip("/") / "bin/trove-guestagent").exists()
@@ -68,7 +69,9 @@ def read_contents(image: Path, plan: BuildPlan, prepared=()) -> dict:
         "guest_agent": {"install": prof.guest_agent.install,
                         "version": agent_pkgs.get("trove"),
                         "venv": paths.agent_venv if entry else None,
-                        "python_packages": agent_pkgs},
+                        "python_packages": agent_pkgs,
+                        # metadata kept, code removed (production pruning)
+                        "pruned_packages": agent_pruned},
         "datastore": None,
         # the boot-time certificate hook as enabled in the image
         "certificates": {"hook": "trove-certs.service" in units,
