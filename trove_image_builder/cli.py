@@ -370,10 +370,12 @@ def check(backend):
               help="Rebuild every layer (take the newest packages); the cache is updated.")
 @click.option("--no-layers", is_flag=True,
               help="Build in one backend run, reusing no cached layer.")
+@click.option("--sbom", "write_sbom", is_flag=True,
+              help="Also write a CycloneDX SBOM beside the image (IMAGE.sbom.cdx.json).")
 @set_option
 @elements_path_option
 def build(profile, output, backend, dry_run, verify_after, explain, refresh, no_layers,
-          sets, extra_paths):
+          write_sbom, sets, extra_paths):
     """Build PROFILE (a name or a YAML path) into a disk image.
 
     \b
@@ -389,6 +391,8 @@ def build(profile, output, backend, dry_run, verify_after, explain, refresh, no_
     if dry_run:
         plan = build_mod.plan_for(prof, output, extra_paths, known)
         build_mod.check_inputs(plan)
+        if write_sbom:
+            log.info(f"--sbom: would write {_sbom_path(plan.output)} (dry run: not written)")
         back = backends.get(backend or prof.backend)
         if explain:
             for line in build_mod.explain(prof, output, extra_paths, backend, options):
@@ -426,6 +430,8 @@ def build(profile, output, backend, dry_run, verify_after, explain, refresh, no_
         result["layers"] = {o["name"]: "reused" if o["reused"] else "rebuilt"
                             for o in [*manifest["layers"]["layers"],
                                       manifest["layers"]["image"]]}
+    if write_sbom:
+        result["sbom"] = _write_sbom(Path(image))
     click.echo(json.dumps(result))
 
 
@@ -579,9 +585,164 @@ def inspect_image(image, show_sizes, as_json):
 
 # -- publish (release/glance.py)
 
+@main.command("publish")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--os-cloud", "cloud", metavar="NAME",
+              help="The cloud of clouds.yaml to publish to (default: OS_CLOUD, "
+                   "else the OS_* variables).")
+@click.option("--name", help="The Glance image name (default: the file's stem and the "
+                             "first 12 hex digits of the manifest digest).")
+@click.option("--visibility", type=click.Choice(["private", "shared", "community", "public"]),
+              default="private", show_default=True, help="Who may see the image.")
+@click.option("--owner", metavar="PROJECT_ID",
+              help="The project that owns the image, e.g. Trove's service project.")
+@click.option("--register", "then_register", is_flag=True,
+              help="Then register the datastore version in Trove with this image's id "
+                   "(as the register command, with --config-file and --trove-manage).")
+@click.option("--config-file", default="/etc/trove/trove.conf", show_default=True,
+              type=click.Path(path_type=Path), help="With --register: Trove's config file.")
+@click.option("--trove-manage", "trove_manage", metavar="PATH",
+              help="With --register: the site's trove-manage (default: on PATH).")
+def publish(image, cloud, name, visibility, owner, then_register, config_file, trove_manage):
+    """Upload IMAGE to Glance with the properties and tags its manifest
+    (IMAGE.manifest.json) gives, after checking it against the manifest's
+    sha256; an image with the same content already in Glance is reused.
+    Progress on stderr; the image as Glance holds it, as JSON on stdout.
+    The cloud: --os-cloud (clouds.yaml), OS_CLOUD, or the OS_* variables
+    (OS_AUTH_TYPE=none with OS_ENDPOINT for a Glance without Keystone).
+
+    \b
+    Examples:
+      trove-image-builder publish out/prod-mariadb.qcow2 --os-cloud mycloud
+      trove-image-builder publish out/prod-mariadb.qcow2 --owner SERVICE_PROJECT_ID
+      trove-image-builder publish out/prod-mariadb.qcow2 --visibility shared --name mariadb-11.8
+      trove-image-builder publish out/prod-mariadb.qcow2 --register --config-file trove.conf
+    """
+    from .release import glance, register as registering
+    if then_register:       # what register checks before it writes, before the upload
+        registering.preflight(image, config_file, trove_manage=trove_manage)
+    result = glance.publish_image(image, cloud=cloud, name=name, visibility=visibility,
+                                  owner=owner)
+    if then_register:
+        try:
+            result["registration"] = registering.register(
+                image, config_file, image_id=result["id"], trove_manage=trove_manage)
+        except TroveImageBuilderError as exc:
+            exc.message = f"published as Glance image {result['id']}, not registered: " \
+                f"{exc.message}"
+            raise
+    click.echo(json.dumps(result, indent=2))
+
+
 # -- register (release/register.py)
 
+@main.command("register")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--config-file", default="/etc/trove/trove.conf", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Trove's config file: trove-manage reads it, and its [database] "
+                   "connection is read back.")
+@click.option("--trove-manage", "trove_manage", metavar="PATH",
+              help="The site's trove-manage (default: trove-manage on PATH).")
+@click.option("--image-id", metavar="ID",
+              help="The Glance image's id (default: none; Trove finds the newest image "
+                   "tagged trove, DATASTORE and DATASTORE-VERSION).")
+@click.option("--version-name", metavar="NAME",
+              help="The datastore version's name (default: its version number).")
+@click.option("--no-default", is_flag=True,
+              help="Leave the datastore's default version as it is.")
+@click.option("--inactive", is_flag=True,
+              help="Register the version inactive (needs --no-default).")
+def register_command(image, config_file, trove_manage, image_id, version_name, no_default,
+                     inactive):
+    """Register IMAGE's datastore version in Trove with trove-manage.
+
+    Datastore, manager and version come from IMAGE's manifest (or name the
+    manifest itself). Runs the site's trove-manage as devstack does, loads
+    Trove's validation rules for the manager, reads the result back from
+    Trove's database and prints it as JSON. On any failure Trove's datastore
+    tables are restored as they were.
+
+    \b
+    Examples:
+      trove-image-builder register out/prod-mariadb.qcow2
+      trove-image-builder register out/prod-mariadb.qcow2 --image-id 5f1c... --no-default
+      trove-image-builder register out/x.qcow2 --trove-manage /opt/trove/bin/trove-manage
+      trove-image-builder register out/prod-mariadb.qcow2.manifest.json --config-file trove.conf
+    """
+    from .release import register as registering
+    result = registering.register(image, config_file, image_id=image_id,
+                                  version_name=version_name, default=not no_default,
+                                  active=not inactive, trove_manage=trove_manage)
+    click.echo(json.dumps(result, indent=2))
+
+
 # -- sbom and diff (release/sbom.py, release/diff.py)
+
+def _sbom_path(image: Path) -> Path:
+    from .release import sbom as sbom_mod
+    return sbom_mod.default_path(Path(image))
+
+
+def _write_sbom(image: Path) -> str:
+    """Write IMAGE.sbom.cdx.json beside a built image (build --sbom); its path."""
+    from .release import sbom as sbom_mod
+    with log.step("SBOM (CycloneDX)"):
+        doc = sbom_mod.make(image)
+        out = sbom_mod.write(doc, sbom_mod.default_path(image))
+        log.info(f"{out}: {doc.counts['total']} components")
+    return str(out)
+
+
+@main.command("sbom")
+@click.argument("image", type=click.Path())
+@click.option("-o", "--output", metavar="FILE",
+              help="Where to write it; '-' for stdout (default: IMAGE.sbom.cdx.json beside "
+                   "the image, or beside the manifest named).")
+def sbom_command(image, output):
+    """Write a CycloneDX SBOM of IMAGE (an image, or its manifest file): OS
+    packages, the agent's Python packages, preloaded container images, the
+    datastore; validated against the CycloneDX schema before it is written.
+
+    \b
+    Examples:
+      trove-image-builder sbom out/prod-mariadb.qcow2
+      trove-image-builder sbom out/prod-mariadb.qcow2.manifest.json -o - | jq .components
+    """
+    from .release import sbom as sbom_mod
+    source = sbom_mod.load(Path(image))
+    with log.step(f"SBOM (CycloneDX) of {image}"):
+        doc = sbom_mod.of(*source)
+    if output == "-":
+        click.echo(doc.text, nl=False)
+        log.info(sbom_mod.summary(doc, "-"))
+        return
+    out = sbom_mod.write(doc, Path(output) if output else sbom_mod.default_path(Path(image)))
+    click.echo(sbom_mod.summary(doc, str(out)))
+
+
+@main.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def diff_command(ctx, a, b, as_json):
+    """Show what differs between images A and B (or their manifest files):
+    OS, packages, guest agent, services, datastore and its images; sizes and
+    checksums are shown, not compared. Exit code 0 when the content is the
+    same, 1 when it differs, 2 for bad input.
+
+    \b
+    Examples:
+      trove-image-builder diff out/old/prod-mariadb.qcow2 out/prod-mariadb.qcow2
+      trove-image-builder diff a.qcow2.manifest.json b.qcow2.manifest.json --json
+    """
+    from .release import diff as diff_mod
+    result = diff_mod.diff(Path(a), Path(b))
+    click.echo(json.dumps(result, indent=2) if as_json
+               else "\n".join(diff_mod.text_lines(result)))
+    if not result["equal"]:
+        ctx.exit(int(ExitCode.FAILED))
 
 
 # --------------------------------------------------------------------------

@@ -210,9 +210,9 @@ def redis_package(images_dir) -> BuiltImage:
 # images), then the image builds with their offline checks, then the boots.
 ORDER = ("test_rabbit_tls", "test_trove_certs_volume", "test_ubuntu_keyring",
          "test_shipped_profiles", "test_datastore_images",
-         "test_build", "test_layered_build", "test_verify", "test_container_runtime",
-         "test_virt_customize", "test_user_datastore", "test_prepare", "test_dev_loop",
-         "test_certificates")
+         "test_build", "test_layered_build", "test_verify", "test_sbom_diff", "test_publish",
+         "test_container_runtime", "test_virt_customize", "test_user_datastore",
+         "test_prepare", "test_register", "test_dev_loop", "test_certificates")
 
 
 def pytest_collection_modifyitems(items):
