@@ -65,7 +65,7 @@ class FakeImages:
     def list_by_hash(self, **query):
         self.calls.append(("list", query))
         return [self._image(i) for i, b in self.bodies.items()
-                if b["os_hash_value"] == query["os_hash_value"] and b["status"] == "active"
+                if b.get("os_hash_value") == query["os_hash_value"] and b["status"] == "active"
                 and ("owner" not in query or b["owner"] == query["owner"])]
 
     def create_image(self, name, *, data, size, disk_format, container_format, tags,
@@ -97,6 +97,9 @@ class FakeImages:
     def delete_image(self, image, ignore_missing=False):
         self.calls.append(("delete", image.id))
         del self.bodies[image.id]
+
+    def images(self, name=None):
+        return [self._image(i) for i, b in self.bodies.items() if name in (None, b["name"])]
 
 
 class FakeConnection:
@@ -220,6 +223,28 @@ def test_an_upload_glance_stored_wrongly_is_deleted(cloud, image, monkeypatch):
 
 # --------------------------------------------------------------------------
 # the command line
+
+def test_an_interrupted_upload_leaves_no_image(cloud, image, monkeypatch):
+    """Glance makes the image record, then takes the data: an upload cut
+    short (Ctrl-C here) removes the record it left queued, and only it."""
+    other = str(uuid.uuid4())
+    cloud.image.bodies[other] = {"id": other, "name": "prod-mariadb-x", "status": "queued",
+                                 "tags": [], "properties": {}}
+
+    def create_then_stop(name, *, data, **kwargs):
+        image_id = str(uuid.uuid4())
+        cloud.image.bodies[image_id] = {
+            "id": image_id, "name": name, "status": "saving", "tags": [],
+            "properties": {glance.PREFIX + "manifest_digest":
+                           kwargs[glance.PREFIX + "manifest_digest"]}}
+        data.read(1024)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cloud.image, "create_image", create_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        glance.publish_image(image)
+    assert list(cloud.image.bodies) == [other]
+
 
 def test_publish_prints_the_image_as_json(cloud, image):
     result = invoke("publish", str(image), "--name", "x", "--visibility", "shared")

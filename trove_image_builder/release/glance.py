@@ -366,14 +366,18 @@ def _publish(conn, pub, hashes, visibility, owner, timings) -> dict:
         image_id = found.id
     else:
         extra = {"owner": owner} if owner else {}
-        with log.step(f"upload to Glance as {pub.name}", timings, "upload"), \
-                open(pub.image, "rb") as f:
-            created = conn.image.create_image(
-                pub.name, data=ProgressReader(f, pub.size), size=pub.size,
-                disk_format=pub.disk_format, container_format=CONTAINER_FORMAT,
-                tags=list(pub.tags), visibility=visibility, allow_duplicates=True,
-                md5=hashes["md5"], sha256=hashes["sha256"], validate_checksum=False,
-                **extra, **pub.properties)
+        try:
+            with log.step(f"upload to Glance as {pub.name}", timings, "upload"), \
+                    open(pub.image, "rb") as f:
+                created = conn.image.create_image(
+                    pub.name, data=ProgressReader(f, pub.size), size=pub.size,
+                    disk_format=pub.disk_format, container_format=CONTAINER_FORMAT,
+                    tags=list(pub.tags), visibility=visibility, allow_duplicates=True,
+                    md5=hashes["md5"], sha256=hashes["sha256"], validate_checksum=False,
+                    **extra, **pub.properties)
+        except BaseException:       # a failed or interrupted upload leaves no image
+            _remove_unfinished(conn, pub)
+            raise
         image_id = created.id
     image = conn.image.get_image(image_id)
     if found is None:
@@ -389,6 +393,21 @@ def _publish(conn, pub, hashes, visibility, owner, timings) -> dict:
         "properties": _read_back(image, pub.properties),
         "seconds": timings,
     }
+
+
+def _remove_unfinished(conn, pub: Publication) -> None:
+    """Delete the image record this upload made and did not fill: its name
+    and manifest digest, not active. Best effort: the error that brought us
+    here is the one reported."""
+    digest = pub.properties.get(PREFIX + "manifest_digest")
+    try:
+        for image in conn.image.images(name=pub.name):
+            if image.status != "active" and \
+                    (image.properties or {}).get(PREFIX + "manifest_digest") == digest:
+                log.info(f"removing the unfinished image {image.id} ({image.status})")
+                conn.image.delete_image(image, ignore_missing=True)
+    except Exception as exc:      # Glance gone: nothing more to do here
+        log.info(f"could not look for an unfinished image named {pub.name}: {exc}")
 
 
 def _check_stored(conn, image, hashes: dict) -> None:
