@@ -8,7 +8,6 @@ The cloud comes from openstacksdk's own configuration: ``--os-cloud NAME``
 with ``OS_ENDPOINT`` for a Glance without Keystone.
 """
 from dataclasses import dataclass, field
-import hashlib
 from pathlib import Path
 import re
 import time
@@ -135,15 +134,8 @@ def plan(path: Path, name: str | None = None) -> Publication:
 
 
 def file_hashes(path: Path) -> dict[str, str]:
-    """sha256 (the manifest's), sha512 (Glance's os_hash_value) and md5
-    (Glance's checksum) of a file, in one read."""
-    sums = {"sha256": hashlib.sha256(), HASH_ALGO: hashlib.new(HASH_ALGO),
-            "md5": hashlib.md5(usedforsecurity=False)}
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            for h in sums.values():
-                h.update(chunk)
-    return {k: h.hexdigest() for k, h in sums.items()}
+    """sha256, sha512 (Glance's os_hash_value) and md5 (Glance's checksum)."""
+    return manifests.file_hashes(path, ("sha256", HASH_ALGO, "md5"))
 
 
 def check_hashes(pub: Publication, hashes: dict) -> None:

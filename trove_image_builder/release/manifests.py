@@ -36,3 +36,16 @@ def manifest_digest(image: Path | None, manifest: dict, path: Path | None = None
     else:
         data = json.dumps(manifest, sort_keys=True).encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_hashes(path: Path, algorithms=("sha256", "sha512", "md5")) -> dict[str, str]:
+    """{algorithm: hex digest} of a file, in one read: sha256 (the
+    manifest's), sha512 (Glance's os_hash_value, the SBOM's), md5 (Glance's
+    checksum)."""
+    sums = {a: hashlib.new(a, usedforsecurity=False) if a == "md5" else hashlib.new(a)
+            for a in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            for h in sums.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in sums.items()}

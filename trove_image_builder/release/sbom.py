@@ -13,7 +13,6 @@ a uuid5 of the image's SHA-256, so the same manifest gives the same bytes
 """
 from dataclasses import dataclass
 from datetime import datetime
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -65,16 +64,6 @@ def default_path(path: Path) -> Path:
     if path.suffix == ".json":
         return path.with_name(path.stem + SUFFIX)
     return path.with_name(path.name + SUFFIX)
-
-
-def file_hashes(path: Path) -> tuple[str, str]:
-    """(sha256, sha512) of a file, in one read."""
-    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            sha256.update(chunk)
-            sha512.update(chunk)
-    return sha256.hexdigest(), sha512.hexdigest()
 
 
 def pypi_name(name: str) -> str:
@@ -168,7 +157,8 @@ def bom_of(manifest: dict, image: Path | None = None,
     hashes = [HashType(alg=HashAlgorithm.SHA_256, content=info["sha256"])]
     checked = False
     if image is not None and Path(image).is_file():
-        sha256, sha512 = file_hashes(image)
+        sums = manifests.file_hashes(image, ("sha256", "sha512"))
+        sha256, sha512 = sums["sha256"], sums["sha512"]
         if sha256 != info["sha256"]:
             raise InputError(f"{image}: its SHA-256 is {sha256}, its manifest says "
                              f"{info['sha256']}: the image changed after it was built")
