@@ -603,7 +603,11 @@ def inspect_image(image, show_sizes, as_json):
               type=click.Path(path_type=Path), help="With --register: Trove's config file.")
 @click.option("--trove-manage", "trove_manage", metavar="PATH",
               help="With --register: the site's trove-manage (default: on PATH).")
-def publish(image, cloud, name, visibility, owner, then_register, config_file, trove_manage):
+@click.option("--dry-run", is_flag=True,
+              help="Check the image against its manifest (and, with --register, what "
+                   "registering needs) and print what would be sent; no upload.")
+def publish(image, cloud, name, visibility, owner, then_register, config_file, trove_manage,
+            dry_run):
     """Upload IMAGE to Glance with the properties and tags its manifest
     (IMAGE.manifest.json) gives, after checking it against the manifest's
     sha256; an image with the same content already in Glance is reused.
@@ -617,10 +621,15 @@ def publish(image, cloud, name, visibility, owner, then_register, config_file, t
       trove-image-builder publish out/prod-mariadb.qcow2 --owner SERVICE_PROJECT_ID
       trove-image-builder publish out/prod-mariadb.qcow2 --visibility shared --name mariadb-11.8
       trove-image-builder publish out/prod-mariadb.qcow2 --register --config-file trove.conf
+      trove-image-builder publish out/prod-mariadb.qcow2 --dry-run
     """
     from .release import glance, register as registering
     if then_register:       # what register checks before it writes, before the upload
         registering.preflight(image, config_file, trove_manage=trove_manage)
+    if dry_run:
+        click.echo(json.dumps(glance.dry_run(image, name=name, visibility=visibility,
+                                             owner=owner), indent=2))
+        return
     result = glance.publish_image(image, cloud=cloud, name=name, visibility=visibility,
                                   owner=owner)
     if then_register:

@@ -253,6 +253,20 @@ def test_publish_prints_the_image_as_json(cloud, image):
     assert (out["name"], out["visibility"], out["reused"]) == ("x", "shared", False)
 
 
+def test_a_dry_run_checks_the_image_and_sends_nothing(cloud, image):
+    result = invoke("publish", str(image), "--dry-run")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["dry_run"] is True and out["tags"] == ["mariadb", "mariadb-11.8", "trove"]
+    assert out["os_hash_value"] == hashlib.sha512(image.read_bytes()).hexdigest()
+    assert cloud.image.calls == [] and cloud.image.bodies == {}
+    with open(image, "ab") as f:         # no longer the image its manifest describes
+        f.write(b"x")
+    result = invoke("publish", str(image), "--dry-run")
+    assert result.exit_code == 1
+    assert "is not the manifest's" in result.output and cloud.image.calls == []
+
+
 def test_a_missing_image_or_manifest_is_exit_code_2(cloud, tmp_path, image):
     assert_error(invoke("publish", str(tmp_path / "nope.qcow2")),
                  f"{tmp_path / 'nope.qcow2'}: no such image file")

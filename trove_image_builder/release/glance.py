@@ -344,6 +344,22 @@ def publish_image(path: Path, *, cloud: str | None = None, name: str | None = No
         raise error from None
 
 
+def dry_run(path: Path, *, name: str | None = None, visibility: str = "private",
+            owner: str | None = None) -> dict:
+    """What publish_image would send, after the same checks of the image
+    against its manifest; Glance is not contacted."""
+    if visibility not in VISIBILITIES:
+        raise InputError(f"visibility {visibility!r}: one of {', '.join(VISIBILITIES)}")
+    pub = plan(path, name)
+    hashes = file_hashes(pub.image)
+    check_hashes(pub, hashes)
+    return {"dry_run": True, "name": pub.name, "image": str(pub.image), "size": pub.size,
+            "disk_format": pub.disk_format, "container_format": CONTAINER_FORMAT,
+            "visibility": visibility, "owner": owner, "checksum": hashes["md5"],
+            "os_hash_algo": HASH_ALGO, "os_hash_value": hashes[HASH_ALGO],
+            "tags": sorted(pub.tags), "properties": pub.properties}
+
+
 def _publish(conn, pub, hashes, visibility, owner, timings) -> dict:
     with log.step("look for the image in Glance", timings, "lookup"):
         try:
