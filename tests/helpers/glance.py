@@ -19,12 +19,13 @@ import os
 from pathlib import Path
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from trove_image_builder.plumbing.host import free_port
 
 GLANCE = "glance==33.0.0"
 UWSGI = "pyuwsgi==2.0.30.post1"
@@ -60,12 +61,6 @@ def venv(log=sys.stderr) -> Path:
         marker.write_text(wanted)
         print(f"glance venv made in {time.monotonic() - start:.1f} s: {where}", file=log)
     return where
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONF = """\

@@ -214,7 +214,7 @@ def test_a_manifest_with_only_its_contract_section(tmp_path):
     image.write_bytes(b"")
     manifests.write(image, "prod-mariadb")
     from trove_image_builder.release import manifests as release_manifests
-    _, manifest = release_manifests.load(image)
+    manifest = release_manifests.load(image).manifest
     reg = Registration.from_manifest(manifest, "m")
     assert (reg.datastore, reg.manager) == ("mariadb", "mariadb")
     assert reg.version == manifest["contract"]["datastore_version"]

@@ -52,9 +52,9 @@ def os_release(root: Path) -> dict[str, str]:
     return data
 
 
-def venv_packages(root: Path, venv: str) -> dict[str, str]:
-    """Python distributions in a virtualenv inside the image."""
-    found = {}
+def _distributions(root: Path, venv: str):
+    """(site-packages folder, *.dist-info folder, name, version) of each
+    Python distribution in a virtualenv inside the image."""
     for site in (root / venv.lstrip("/")).glob("lib/python3*/site-packages"):
         for meta in site.glob("*.dist-info/METADATA"):
             name = version = None
@@ -66,7 +66,12 @@ def venv_packages(root: Path, venv: str) -> dict[str, str]:
                 if name and version:
                     break
             if name:
-                found[name.lower()] = version or ""
+                yield site, meta.parent, name, version
+
+
+def venv_packages(root: Path, venv: str) -> dict[str, str]:
+    """Python distributions in a virtualenv inside the image."""
+    found = {name.lower(): version or "" for _, _, name, version in _distributions(root, venv)}
     return dict(sorted(found.items()))
 
 
@@ -76,22 +81,18 @@ def venv_pruned(root: Path, venv: str) -> list[str]:
     (elements/guest-agent/.../prune_venv.py) removed, keeping the metadata.
     An SBOM must not list them as present."""
     pruned = set()
-    for site in (root / venv.lstrip("/")).glob("lib/python3*/site-packages"):
-        for info in site.glob("*.dist-info"):
-            record, meta = info / "RECORD", info / "METADATA"
-            if not record.is_file() or not meta.is_file():
-                continue
-            payload = []
-            for line in record.read_text(errors="replace").splitlines():
-                rel = line.rsplit(",", 2)[0] if line.count(",") >= 2 else line
-                path = Path(os.path.normpath(site / rel)) if rel else None
-                if path is not None and info not in path.parents and path != info:
-                    payload.append(path)
-            if payload and not any(p.exists() or p.is_symlink() for p in payload):
-                name = next((ln[6:].strip() for ln in meta.read_text(errors="replace")
-                             .splitlines() if ln.startswith("Name: ")), None)
-                if name:
-                    pruned.add(name.lower())
+    for site, info, name, _ in _distributions(root, venv):
+        record = info / "RECORD"
+        if not record.is_file():
+            continue
+        payload = []
+        for line in record.read_text(errors="replace").splitlines():
+            rel = line.rsplit(",", 2)[0] if line.count(",") >= 2 else line
+            path = Path(os.path.normpath(site / rel)) if rel else None
+            if path is not None and info not in path.parents and path != info:
+                payload.append(path)
+        if payload and not any(p.exists() or p.is_symlink() for p in payload):
+            pruned.add(name.lower())
     return sorted(pruned)
 
 

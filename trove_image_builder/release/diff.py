@@ -10,7 +10,6 @@ the same file).
 """
 from pathlib import Path
 
-from ..errors import InputError
 from . import manifests
 
 SECTIONS = ("os", "packages", "guest_agent", "services", "datastore")
@@ -21,10 +20,8 @@ TITLES = {"os": "os", "packages": "packages", "guest_agent": "guest agent",
 def load(path: Path) -> dict:
     """The manifest of an image or a manifest file; InputError when it is
     not the manifest of a built image."""
-    _, manifest = manifests.load(Path(path))
-    for key in ("image", "os", "packages"):
-        if not isinstance(manifest.get(key), dict):
-            raise InputError(f"{path}: not the manifest of a built image (no '{key}' section)")
+    manifest = manifests.load(Path(path)).manifest
+    manifests.require_built(manifest, path)
     return manifest
 
 

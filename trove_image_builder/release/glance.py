@@ -39,15 +39,30 @@ class PublishError(TroveImageBuilderError):
 # What is published: computed from the manifest alone
 
 def trove_tag(manifest: dict) -> str:
-    """The tag that marks an image Trove may boot: ``trove`` for a
-    production image with a guest agent. A development image gets
-    ``trove-dev`` and an image without an agent ``trove-no-agent`` instead,
-    so that a datastore version looked up by tags never picks them."""
-    if not (manifest.get("guest_agent") or {}).get("version"):
+    """The tag that marks an image Trove may boot (see tags_for)."""
+    return _trove_tag(bool((manifest.get("guest_agent") or {}).get("version")),
+                      (manifest.get("profile") or {}).get("variant"))
+
+
+def _trove_tag(agent: bool, variant: str | None) -> str:
+    """``trove`` for a production image with a guest agent. A development
+    image gets ``trove-dev`` and an image without an agent ``trove-no-agent``
+    instead, so that a datastore version looked up by tags never picks them."""
+    if not agent:
         return "trove-no-agent"
-    if (manifest.get("profile") or {}).get("variant") == "development":
-        return "trove-dev"
-    return "trove"
+    return "trove-dev" if variant == "development" else "trove"
+
+
+def tags_for(*, agent: bool, variant: str | None, datastore: str | None,
+             version: str | None) -> list[str]:
+    """The Glance tags of an image (see tags_of); register gives a datastore
+    version the same ones."""
+    tags = [_trove_tag(agent, variant)]
+    if datastore:
+        tags.append(datastore)
+        if version:
+            tags.append(f"{datastore}-{version}")
+    return tags
 
 
 def tags_of(manifest: dict) -> list[str]:
@@ -60,13 +75,10 @@ def tags_of(manifest: dict) -> list[str]:
     image_tags, 'status': 'active'}, sort='created_at:desc', limit=1``), so
     publishing a newer build with the same tags moves the datastore version
     to it. An image without a datastore gets the Trove tag alone."""
-    tags = [trove_tag(manifest)]
     ds = manifest.get("datastore") or {}
-    if ds.get("name"):
-        tags.append(ds["name"])
-        if ds.get("version"):
-            tags.append(f"{ds['name']}-{ds['version']}")
-    return tags
+    return tags_for(agent=bool((manifest.get("guest_agent") or {}).get("version")),
+                    variant=(manifest.get("profile") or {}).get("variant"),
+                    datastore=ds.get("name"), version=ds.get("version"))
 
 
 def properties_of(manifest: dict, digest: str) -> dict[str, str]:
@@ -115,10 +127,9 @@ class Publication:
 def plan(path: Path, name: str | None = None) -> Publication:
     """What publishing IMAGE (or its manifest) would send. InputError when
     the image or its manifest is missing or says too little."""
-    image, manifest = manifests.load(Path(path))
+    image, manifest, manifest_file = manifests.load(Path(path))
     if image is None:
         raise InputError(f"{path}: no image file next to this manifest")
-    manifest_file = image.with_name(image.name + manifests.SUFFIX)
     digest = manifests.manifest_digest(image, manifest, manifest_file)
     section = manifest.get("image") or {}
     disk_format = section.get("format") or image.suffix.lstrip(".")

@@ -2,6 +2,7 @@
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from ..contract.expectations import manifest_path, require_manifest
 from ..errors import InputError
@@ -9,9 +10,15 @@ from ..errors import InputError
 SUFFIX = ".manifest.json"
 
 
-def load(path: Path) -> tuple[Path | None, dict]:
-    """(image or None, manifest) for an image file (its IMAGE.manifest.json
-    beside it) or a manifest file itself (its image beside it, if there)."""
+class Loaded(NamedTuple):
+    image: Path | None          # the image file, when it is there
+    manifest: dict
+    file: Path                  # the manifest file
+
+
+def load(path: Path) -> Loaded:
+    """The manifest of an image file (its IMAGE.manifest.json beside it) or
+    of a manifest file itself (its image beside it, if there)."""
     path = Path(path)
     if path.name.endswith(SUFFIX) or path.suffix == ".json":
         if not path.is_file():
@@ -24,8 +31,18 @@ def load(path: Path) -> tuple[Path | None, dict]:
             raise InputError(f"{path}: not a manifest written by trove-image-builder "
                              "(no 'image' section)")
         image = path.with_name(path.name[:-len(SUFFIX)]) if path.name.endswith(SUFFIX) else None
-        return (image if image is not None and image.is_file() else None), manifest
-    return path, require_manifest(path, "build the image again, or name its manifest")
+        return Loaded(image if image is not None and image.is_file() else None, manifest, path)
+    manifest = require_manifest(path, "build the image again, or name its manifest")
+    return Loaded(path, manifest, manifest_path(path))
+
+
+def require_built(manifest: dict, where, hint: str = "") -> None:
+    """InputError unless the manifest has what reading a built image
+    recorded (its image, OS and packages sections)."""
+    for key in ("image", "os", "packages"):
+        if not isinstance(manifest.get(key), dict):
+            raise InputError(f"{where}: not the manifest of a built image (no '{key}' "
+                             f"section){hint}")
 
 
 def manifest_digest(image: Path | None, manifest: dict, path: Path | None = None) -> str:

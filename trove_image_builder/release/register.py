@@ -29,7 +29,6 @@ import time
 
 import sqlalchemy as sa
 
-from ..contract.expectations import manifest_path
 from ..errors import BuildError, HostError, InputError, TroveImageBuilderError
 from ..plumbing import log
 from ..plumbing.runner import replay_line, run as run_command
@@ -99,11 +98,9 @@ class Registration:
         packages = (package or "") if runtime == "package" else ""
         return cls(datastore=name, version_name=version_name or str(version),
                    version=str(version), manager=manager, image_id=image_id or "",
-                   image_tags=tuple(glance.tags_of({
-                       "guest_agent": {"version": agent},
-                       "profile": {"variant": (manifest.get("profile") or {}).get("variant")
-                                   or contract.get("variant")},
-                       "datastore": {"name": name, "version": str(version)}})),
+                   image_tags=tuple(glance.tags_for(
+                       agent=True, variant=(manifest.get("profile") or {}).get("variant")
+                       or contract.get("variant"), datastore=name, version=str(version))),
                    packages=packages,
                    active=active, default=default)
 
@@ -441,8 +438,8 @@ def _checked(image_or_manifest_path, config_file, image_id, version_name, defaul
     config file, trove-manage, the manager known to the site's Trove, its
     database reachable and migrated."""
     path = Path(image_or_manifest_path)
-    image, manifest = manifests.load(path)
-    where = str(path if image is None else manifest_path(image))
+    _, manifest, manifest_file = manifests.load(path)
+    where = str(manifest_file)
     reg = Registration.from_manifest(manifest, where, image_id, version_name, default, active)
     url = read_config(config_file)
     tm = find_trove_manage(trove_manage)
@@ -455,7 +452,7 @@ def preflight(image_or_manifest_path, config_file, trove_manage: str | None = No
               runner=None) -> None:
     """What register checks before it writes, alone (publish --register
     runs it before the upload); raises as register would."""
-    *_, db = _checked(image_or_manifest_path, config_file, "preflight", None, True, True,
+    *_, db = _checked(image_or_manifest_path, config_file, None, None, True, True,
                       trove_manage, runner or run_command)
     db.close()
 

@@ -140,10 +140,7 @@ def _container(entry: dict) -> tuple[Component, int]:
 
 
 def _require(manifest: dict, where: Path) -> None:
-    for key in ("image", "os", "packages"):
-        if not isinstance(manifest.get(key), dict):
-            raise InputError(f"{where}: not the manifest of a built image (no '{key}' "
-                             "section); build the image again")
+    manifests.require_built(manifest, where, "; build the image again")
     if not manifest["image"].get("sha256"):
         raise InputError(f"{where}: the manifest records no image SHA-256")
 
@@ -279,10 +276,7 @@ def render(bom: Bom) -> str:
 def load(path: Path) -> tuple[Path | None, dict, Path]:
     """(image or None, manifest, manifest file) of an image or a manifest
     file; InputError when it is not the manifest of a built image."""
-    path = Path(path)
-    image, manifest = manifests.load(path)
-    manifest_file = path if image is None or image != path else \
-        image.with_name(image.name + manifests.SUFFIX)
+    image, manifest, manifest_file = manifests.load(Path(path))
     _require(manifest, manifest_file)
     return image, manifest, manifest_file
 
