@@ -59,7 +59,11 @@ def _raw_view(image: Path, fmt: str, tmp: Path, writable: bool = False):
         yield raw
     finally:
         stop(proc, timeout=10)
-        if raw.is_mount():
+        try:
+            left = raw.is_mount()
+        except OSError:     # the daemon died: its mount is there, disconnected
+            left = True
+        if left:
             subprocess.run(["umount", "-l", str(raw)], capture_output=True)
 
 
